@@ -1,0 +1,4 @@
+//! Corpus readers and position samplers.
+
+pub mod corpus;
+pub mod sampler;

@@ -1,0 +1,11 @@
+//! rlp: reinforcement learning as a pretraining objective (RLP, arXiv 2510.01265) for causal
+//! language models, with the paper's baselines (continued pretraining, RPT), evaluation and
+//! Hugging Face compatible checkpoints.
+
+pub mod config;
+pub mod data;
+pub mod flops;
+pub mod model;
+pub mod objective;
+pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,4 @@
+//! Objectives: how contexts and rollouts become rewards and a loss.
+
+pub mod rlp;
+pub mod rpt;
