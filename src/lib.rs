@@ -7,5 +7,6 @@ pub mod data;
 pub mod flops;
 pub mod model;
 pub mod objective;
+pub mod sampling;
 pub mod tokenizer;
 pub mod train;

@@ -1,6 +1,13 @@
 //! The causal LM: config, weights in and out, the differentiable forward and the KV-cache decode.
 
 pub mod config;
+pub mod decode;
 pub mod gguf;
+pub mod kv_cache;
+pub mod rope;
+pub mod transformer;
+pub mod weights;
 
 pub use config::{Arch, Config};
+pub use kv_cache::KvCache;
+pub use transformer::{target_logprobs, AttnLayout, Model};

@@ -1,0 +1,92 @@
+//! No-grad incremental decoding with a KV cache: ragged prefill, one-token steps, generation.
+//!
+//! Pass a `Model::detached()` view so no autograd graph is recorded.
+
+use super::kv_cache::KvCache;
+use super::transformer::{AttnLayout, Model, MASKED};
+use crate::sampling::{self, SamplingParams};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+
+impl Model {
+    pub fn new_cache(&self, batch: usize, cap: usize) -> Result<KvCache> {
+        let c = &self.cfg;
+        KvCache::new(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, cap, &Device::Cpu)
+    }
+
+    /// Encode ragged prompts, left-padded to a shared column, into a fresh cache with room for
+    /// `cap` columns. Returns the logits after each prompt's last token, [B, V], and the cache.
+    pub fn prefill(&self, prompts: &[Vec<u32>], cap: usize) -> Result<(Tensor, KvCache)> {
+        if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+            bail!("prefill needs at least one non-empty prompt");
+        }
+        let b = prompts.len();
+        let t = prompts.iter().map(|p| p.len()).max().unwrap();
+        if t > cap {
+            bail!("prompt of {t} tokens does not fit a cache of {cap}");
+        }
+        let mut cache = self.new_cache(b, cap)?;
+        let mut ids = Vec::with_capacity(b * t);
+        let mut positions = Vec::with_capacity(b * t);
+        let mut mask = vec![MASKED; b * t * t];
+        for (r, p) in prompts.iter().enumerate() {
+            let start = t - p.len();
+            cache.row_start[r] = start;
+            cache.next_pos[r] = p.len() as u32;
+            ids.extend(std::iter::repeat(0u32).take(start));
+            ids.extend_from_slice(p);
+            for i in 0..t {
+                positions.push(i.saturating_sub(start) as u32);
+                if i >= start {
+                    for m in &mut mask[(r * t + i) * t + start..=(r * t + i) * t + i] {
+                        *m = 0.0;
+                    }
+                }
+            }
+        }
+        let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+        let hidden = self.forward_hidden(&ids, &AttnLayout { positions, mask }, Some(&mut cache))?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [B, D]
+        Ok((self.logits(&last)?, cache))
+    }
+
+    /// Feed one token per row; returns the next logits [B, V].
+    pub fn decode_step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let b = cache.batch();
+        if tokens.len() != b {
+            bail!("decode_step got {} tokens for a cache of {b} rows", tokens.len());
+        }
+        let layout = cache.step_layout(1);
+        let ids = Tensor::from_slice(tokens, (b, 1), &Device::Cpu)?;
+        let hidden = self.forward_hidden(&ids, &layout, Some(cache))?;
+        for p in cache.next_pos.iter_mut() {
+            *p += 1;
+        }
+        self.logits(&hidden.squeeze(1)?)
+    }
+
+    /// Generate `max_new` tokens after each prompt; greedy when `params` is None.
+    pub fn generate(&self, prompts: &[Vec<u32>], max_new: usize, params: Option<&SamplingParams>, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<u32>>> {
+        let cap = prompts.iter().map(|p| p.len()).max().unwrap_or(0) + max_new;
+        let (mut logits, mut cache) = self.prefill(prompts, cap)?;
+        let mut out = vec![Vec::with_capacity(max_new); prompts.len()];
+        for step in 0..max_new {
+            let rows = logits.to_vec2::<f32>()?;
+            let next: Vec<u32> = rows
+                .iter()
+                .map(|l| match params {
+                    None => sampling::argmax(l),
+                    Some(p) => sampling::sample(l, p, &[], rng).0,
+                })
+                .collect();
+            for (o, &n) in out.iter_mut().zip(&next) {
+                o.push(n);
+            }
+            if step + 1 < max_new {
+                logits = self.decode_step(&next, &mut cache)?;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,352 @@
+//! The decoder-only transformer shared by Llama, Qwen2 and Qwen3, built from differentiable
+//! candle ops only (no fused kernels that drop gradients).
+//!
+//! Shapes: B batch rows, T query tokens, K key tokens (past + T), D hidden, H query heads,
+//! KV key/value heads, R = H / KV heads per group, hd head dim, V vocabulary, F FFN width.
+
+use super::config::Config;
+use super::kv_cache::KvCache;
+use super::rope::Rope;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::collections::HashMap;
+
+/// Additive attention-mask value for a forbidden key. Finite on purpose: a query row with every
+/// key masked (a padding query) then gets a uniform softmax instead of NaN, and its output is
+/// ignored by every caller.
+pub const MASKED: f32 = -1e30;
+
+pub struct Layer {
+    pub q_proj: Tensor, // [H*hd, D]
+    pub k_proj: Tensor, // [KV*hd, D]
+    pub v_proj: Tensor, // [KV*hd, D]
+    pub o_proj: Tensor, // [D, H*hd]
+    pub q_bias: Option<Tensor>,
+    pub k_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    pub o_bias: Option<Tensor>,
+    pub q_norm: Option<Tensor>, // [hd] (Qwen3)
+    pub k_norm: Option<Tensor>, // [hd] (Qwen3)
+    pub gate_proj: Tensor,      // [F, D]
+    pub up_proj: Tensor,        // [F, D]
+    pub down_proj: Tensor,      // [D, F]
+    pub input_norm: Tensor,     // [D]
+    pub post_attn_norm: Tensor, // [D]
+}
+
+pub struct Model {
+    pub cfg: Config,
+    pub embed: Tensor, // [V, D]
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,            // [D]
+    pub lm_head: Option<Tensor>, // [V, D]; None when tied to `embed`
+    pub rope: Rope,
+}
+
+/// Where each query token sits and which keys it may see.
+pub struct AttnLayout {
+    /// [B*T] RoPE position of every query token.
+    pub positions: Vec<u32>,
+    /// [B*T*K] additive mask (0 or MASKED), K = past + T.
+    pub mask: Vec<f32>,
+}
+
+impl AttnLayout {
+    /// Causal attention over right-padded rows: row b has `lens[b]` real tokens at positions
+    /// 0..lens[b]; keys past a row's length are hidden.
+    pub fn right_padded(lens: &[usize], t: usize) -> Self {
+        let segs: Vec<Vec<u32>> = lens.iter().map(|&l| vec![0; l]).collect();
+        Self::segmented(&segs, t)
+    }
+
+    /// Causal attention where each row is a sequence of segments (packed documents): a token sees
+    /// only earlier tokens of its own segment, and positions restart at 0 in each segment.
+    /// `segments[b][i]` is the segment id of token i of row b; rows are right-padded to `t`.
+    pub fn segmented(segments: &[Vec<u32>], t: usize) -> Self {
+        let b = segments.len();
+        let mut positions = vec![0u32; b * t];
+        let mut mask = vec![MASKED; b * t * t];
+        for (r, seg) in segments.iter().enumerate() {
+            let mut pos = 0u32;
+            for i in 0..t {
+                if i < seg.len() {
+                    if i > 0 && seg[i] != seg[i - 1] {
+                        pos = 0;
+                    }
+                    positions[r * t + i] = pos;
+                    pos += 1;
+                    for j in 0..=i {
+                        if seg[j] == seg[i] {
+                            mask[(r * t + i) * t + j] = 0.0;
+                        }
+                    }
+                } else {
+                    // Padding query: sees the real keys, its output is ignored.
+                    for j in 0..seg.len().min(i + 1) {
+                        mask[(r * t + i) * t + j] = 0.0;
+                    }
+                }
+            }
+        }
+        AttnLayout { positions, mask }
+    }
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    // x [..., in] · w[out, in]ᵀ (+ b[out]) -> [..., out]
+    let dims = x.dims().to_vec();
+    let n_in = *dims.last().unwrap();
+    let rows = x.elem_count() / n_in;
+    let y = x.reshape((rows, n_in))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = w.dim(0)?;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(y.broadcast_mul(w)?)
+}
+
+impl Layer {
+    /// One pre-norm block. x [B, T, D] -> [B, T, D].
+    fn forward(&self, cfg: &Config, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps;
+        let xn = rms_norm(x, &self.input_norm, eps)?;
+        let q = linear(&xn, &self.q_proj, self.q_bias.as_ref())?.reshape((b, t, h, hd))?;
+        let k = linear(&xn, &self.k_proj, self.k_bias.as_ref())?.reshape((b, t, kv, hd))?;
+        let v = linear(&xn, &self.v_proj, self.v_bias.as_ref())?.reshape((b, t, kv, hd))?;
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (rms_norm(&q, qn, eps)?, rms_norm(&k, kn, eps)?),
+            _ => (q, k),
+        };
+        let q = Rope::apply(&q.transpose(1, 2)?.contiguous()?, cos_sin)?; // [B, H, T, hd]
+        let k = Rope::apply(&k.transpose(1, 2)?.contiguous()?, cos_sin)?; // [B, KV, T, hd]
+        let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?, // [B, KV, K, hd]
+            None => (k, v),
+        };
+        let kl = k.dim(2)?;
+        let r = h / kv;
+        // Group the R query heads of each KV head so K/V need no repeat: [B, KV, R*T, hd].
+        let qg = q.reshape((b, kv, r * t, hd))?;
+        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
+        let scores = scores.reshape((b, h, t, kl))?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
+        let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
+        let xn = rms_norm(&x, &self.post_attn_norm, eps)?;
+        let gate = candle_nn::ops::silu(&linear(&xn, &self.gate_proj, None)?)?;
+        let up = linear(&xn, &self.up_proj, None)?;
+        Ok((&x + linear(&(gate * up)?, &self.down_proj, None)?)?)
+    }
+}
+
+impl Model {
+    /// Build from tensors keyed by Hugging Face names; every shape is checked against `cfg`.
+    pub fn from_tensors(cfg: Config, mut t: HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let x = t.remove(name).with_context(|| format!("{origin}: missing tensor `{name}`"))?;
+            if x.dims() != shape {
+                bail!("{origin}: tensor `{name}` has shape {:?} but the config implies {:?}", x.dims(), shape);
+            }
+            Ok(x.to_dtype(DType::F32)?)
+        };
+        let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (h, kv, v) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size);
+        let embed = take("model.embed_tokens.weight", &[v, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let bias = |take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, n: usize, on: bool| -> Result<Option<Tensor>> {
+                if on { take(&format!("{p}.self_attn.{name}.bias"), &[n]).map(Some) } else { Ok(None) }
+            };
+            let qwen3 = cfg.arch == super::Arch::Qwen3;
+            layers.push(Layer {
+                q_proj: take(&format!("{p}.self_attn.q_proj.weight"), &[h * hd, d])?,
+                k_proj: take(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, d])?,
+                v_proj: take(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, d])?,
+                o_proj: take(&format!("{p}.self_attn.o_proj.weight"), &[d, h * hd])?,
+                q_bias: bias(&mut take, "q_proj", h * hd, cfg.qkv_bias)?,
+                k_bias: bias(&mut take, "k_proj", kv * hd, cfg.qkv_bias)?,
+                v_bias: bias(&mut take, "v_proj", kv * hd, cfg.qkv_bias)?,
+                o_bias: bias(&mut take, "o_proj", d, cfg.o_bias)?,
+                q_norm: if qwen3 { Some(take(&format!("{p}.self_attn.q_norm.weight"), &[hd])?) } else { None },
+                k_norm: if qwen3 { Some(take(&format!("{p}.self_attn.k_norm.weight"), &[hd])?) } else { None },
+                gate_proj: take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
+                up_proj: take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+                down_proj: take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+                input_norm: take(&format!("{p}.input_layernorm.weight"), &[d])?,
+                post_attn_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+            });
+        }
+        let norm = take("model.norm.weight", &[d])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            t.remove("lm_head.weight"); // some tied checkpoints still store a copy
+            None
+        } else {
+            Some(take("lm_head.weight", &[v, d])?)
+        };
+        t.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+        if let Some(extra) = t.keys().next() {
+            bail!("{origin}: unexpected tensor `{extra}` (and {} more) for a {} model", t.len() - 1, cfg.arch.hf_class());
+        }
+        let rope = Rope::new(&cfg);
+        Ok(Model { cfg, embed, layers, norm, lm_head, rope })
+    }
+
+    /// Every parameter with its Hugging Face name, in a fixed order (tied lm_head not repeated).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let mut push = |n: &str, x: &Tensor| out.push((format!("{p}.{n}"), x.clone()));
+            push("self_attn.q_proj.weight", &l.q_proj);
+            push("self_attn.k_proj.weight", &l.k_proj);
+            push("self_attn.v_proj.weight", &l.v_proj);
+            push("self_attn.o_proj.weight", &l.o_proj);
+            for (n, b) in [("q_proj", &l.q_bias), ("k_proj", &l.k_bias), ("v_proj", &l.v_bias), ("o_proj", &l.o_bias)] {
+                if let Some(b) = b {
+                    push(&format!("self_attn.{n}.bias"), b);
+                }
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                push("self_attn.q_norm.weight", qn);
+                push("self_attn.k_norm.weight", kn);
+            }
+            push("mlp.gate_proj.weight", &l.gate_proj);
+            push("mlp.up_proj.weight", &l.up_proj);
+            push("mlp.down_proj.weight", &l.down_proj);
+            push("input_layernorm.weight", &l.input_norm);
+            push("post_attention_layernorm.weight", &l.post_attn_norm);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Model> {
+        let map: HashMap<String, Tensor> = self.named_tensors().into_iter().map(|(n, t)| Ok((n, f(&t)?))).collect::<Result<_>>()?;
+        Model::from_tensors(self.cfg.clone(), map, "model copy")
+    }
+
+    /// A view of the same weights that records no gradient (shares storage: sees in-place updates).
+    pub fn detached(&self) -> Result<Model> {
+        self.map_tensors(|t| Ok(t.detach()))
+    }
+
+    /// An independent copy of the weights (new storage).
+    pub fn deep_copy(&self) -> Result<Model> {
+        self.map_tensors(|t| Ok(t.copy()?))
+    }
+
+    /// Turn every weight into a trainable `Var`; the returned model computes with those vars.
+    pub fn into_vars(self) -> Result<(Model, Vec<(String, Var)>)> {
+        let mut vars = Vec::new();
+        let mut map = HashMap::new();
+        for (n, t) in self.named_tensors() {
+            let v = Var::from_tensor(&t)?;
+            map.insert(n.clone(), v.as_tensor().clone());
+            vars.push((n, v));
+        }
+        Ok((Model::from_tensors(self.cfg, map, "model")?, vars))
+    }
+
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Grow the vocabulary to `new_vocab` rows (new think tokens), initialising each new row of
+    /// the embedding (and of an untied lm_head) to the mean of the existing rows.
+    pub fn grow_vocab(&mut self, new_vocab: usize) -> Result<()> {
+        let old = self.cfg.vocab_size;
+        if new_vocab <= old {
+            return Ok(());
+        }
+        let grow = |w: &Tensor| -> Result<Tensor> {
+            let mean = w.mean_keepdim(0)?; // [1, D]
+            let extra = mean.broadcast_as((new_vocab - old, w.dim(1)?))?;
+            Ok(Tensor::cat(&[w, &extra], 0)?.contiguous()?)
+        };
+        self.embed = grow(&self.embed)?;
+        if let Some(h) = &self.lm_head {
+            self.lm_head = Some(grow(h)?);
+        }
+        self.cfg.vocab_size = new_vocab;
+        Ok(())
+    }
+
+    /// Final hidden states. ids [B, T] (u32), layout for B*T queries; with a cache the keys are
+    /// the cached ones plus these T. Returns [B, T, D].
+    pub fn forward_hidden(&self, ids: &Tensor, layout: &AttnLayout, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let k = past + t;
+        if layout.positions.len() != b * t || layout.mask.len() != b * t * k {
+            bail!("attention layout has {} positions / {} mask entries, expected {} / {}", layout.positions.len(), layout.mask.len(), b * t, b * t * k);
+        }
+        if let Some(max) = ids.flatten_all()?.max(0)?.to_scalar::<u32>().ok() {
+            if max as usize >= self.cfg.vocab_size {
+                bail!("token id {max} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+            }
+        }
+        let dev = ids.device();
+        let cos_sin = self.rope.cos_sin(&layout.positions, b, t, dev)?;
+        let mask = Tensor::from_slice(&layout.mask, (b, 1, t, k), dev)?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&self.cfg, &x, &cos_sin, &mask, cache.as_deref_mut().map(|c| (c, i)))?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Logits at every position: hidden [.., D] -> [.., V].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        linear(hidden, self.lm_head_weight(), None)
+    }
+
+    /// Logits at every position of right-padded rows. Returns [B, T, V] with T = longest row;
+    /// positions past a row's end hold garbage.
+    pub fn forward_logits(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
+        let (ids, lens, t) = pad_right(rows, &Device::Cpu)?;
+        let layout = AttnLayout::right_padded(&lens, t);
+        self.logits(&self.forward_hidden(&ids, &layout, None)?)
+    }
+}
+
+/// Right-pad rows with id 0 into a [B, T] tensor; returns (ids, lengths, T).
+pub fn pad_right(rows: &[Vec<u32>], dev: &Device) -> Result<(Tensor, Vec<usize>, usize)> {
+    if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+        bail!("every sequence must hold at least one token");
+    }
+    let t = rows.iter().map(|r| r.len()).max().unwrap();
+    let mut flat = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        flat.extend_from_slice(r);
+        flat.extend(std::iter::repeat(0u32).take(t - r.len()));
+    }
+    let lens = rows.iter().map(|r| r.len()).collect();
+    Ok((Tensor::from_vec(flat, (rows.len(), t), dev)?, lens, t))
+}
+
+/// log p(target) under logits: logits [N, V] or [B, T, V], targets (u32) of the leading shape.
+/// Differentiable. Materialises the full log-softmax.
+pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(lp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?)
+}

@@ -1,0 +1,142 @@
+//! The model against Hugging Face transformers: golden outputs computed by
+//! `scripts/make_fixtures.py` (torch, float32) for tiny random Llama, Qwen2 and Qwen3 checkpoints.
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rlp::model::{self, target_logprobs, Model};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> (Model, Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let loaded = model::weights::load(&dir).unwrap();
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    (loaded.model, golden)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn floats2(v: &Value) -> Vec<Vec<f32>> {
+    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
+}
+
+/// max |a - b| / max |b|, the relative error for a whole tensor.
+fn rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut diff = 0f32;
+    let mut scale = 0f32;
+    for (ra, rb) in a.iter().zip(b) {
+        assert_eq!(ra.len(), rb.len());
+        for (x, y) in ra.iter().zip(rb) {
+            diff = diff.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+    }
+    diff / scale
+}
+
+fn check_logits(name: &str) {
+    let (m, g) = fixture(name);
+    for (k, inp) in g["inputs"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(inp);
+        let logits = m.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap();
+        let got = logits.to_vec2::<f32>().unwrap();
+        let err = rel_err(&got, &floats2(&g["logits"][k]));
+        assert!(err < 1e-4, "{name} input {k}: logits rel err {err}");
+        if ids.len() > 1 {
+            let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
+            let lp = target_logprobs(&logits.narrow(0, 0, ids.len() - 1).unwrap(), &targets).unwrap().to_vec1::<f32>().unwrap();
+            let want: Vec<f32> = g["logprobs_next"][k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let err = rel_err(&[lp], &[want]);
+            assert!(err < 1e-4, "{name} input {k}: logprobs rel err {err}");
+        }
+    }
+}
+
+fn check_greedy(name: &str) {
+    let (m, g) = fixture(name);
+    let m = m.detached().unwrap();
+    let prompts: Vec<Vec<u32>> = g["inputs"].as_array().unwrap().iter().map(ids).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    // one at a time, and all three together as a ragged batch: both must match transformers
+    for (k, p) in prompts.iter().enumerate() {
+        let out = m.generate(&[p.clone()], 16, None, &mut rng).unwrap();
+        assert_eq!(out[0], ids(&g["greedy"][k]), "{name} input {k}: greedy continuation");
+    }
+    let out = m.generate(&prompts, 16, None, &mut rng).unwrap();
+    for k in 0..prompts.len() {
+        assert_eq!(out[k], ids(&g["greedy"][k]), "{name} input {k}: greedy continuation in a ragged batch");
+    }
+}
+
+fn check_grads(name: &str) {
+    let (m, g) = fixture(name);
+    let (m, vars) = m.into_vars().unwrap();
+    let k = g["grad"]["input_index"].as_u64().unwrap() as usize;
+    let ids = ids(&g["inputs"][k]);
+    let logits = m.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap();
+    let n = ids.len() - 1;
+    let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
+    let loss = target_logprobs(&logits.narrow(0, 0, n).unwrap(), &targets).unwrap().mean_all().unwrap().neg().unwrap();
+    let want_loss = g["grad"]["loss"].as_f64().unwrap();
+    let got_loss = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!((got_loss - want_loss).abs() / want_loss.abs() < 1e-4, "{name}: loss {got_loss} vs {want_loss}");
+    let grads = loss.backward().unwrap();
+    let params = g["grad"]["params"].as_object().unwrap();
+    assert_eq!(params.len(), vars.len(), "{name}: parameter count");
+    for (pname, var) in &vars {
+        let want = &params[pname.as_str()];
+        let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+        let l2 = grad.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt() as f64;
+        let want_l2 = want["grad_l2"].as_f64().unwrap();
+        assert!((l2 - want_l2).abs() <= 1e-4 * want_l2.max(1e-8), "{name}: {pname} grad L2 {l2} vs {want_l2}");
+        let head: Vec<f32> = grad.flatten_all().unwrap().narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+        let want_head: Vec<f32> = want["grad_head"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let absmax = want["grad_absmax"].as_f64().unwrap() as f32;
+        for (a, b) in head.iter().zip(&want_head) {
+            assert!((a - b).abs() <= 1e-4 * absmax, "{name}: {pname} grad head {head:?} vs {want_head:?}");
+        }
+    }
+}
+
+fn check_padded_batch(name: &str) {
+    let (m, g) = fixture(name);
+    let b = &g["batch"];
+    let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().zip(b["attention_mask"].as_array().unwrap()).map(|(r, msk)| ids(r).into_iter().zip(ids(msk)).filter(|&(_, m)| m == 1).map(|(t, _)| t).collect()).collect();
+    // `short_index` names the input; in the batch the short row is the one with fewer tokens
+    let short = if rows[0].len() < rows[1].len() { 0 } else { 1 };
+    assert_eq!(rows[short], ids(&g["inputs"][b["short_index"].as_u64().unwrap() as usize]));
+    // right padding through the training forward
+    let logits = m.forward_logits(&rows).unwrap();
+    let n = rows[short].len();
+    let got = logits.get(short).unwrap().narrow(0, 0, n).unwrap().to_vec2::<f32>().unwrap();
+    let want = floats2(&b["logits_short_real"]);
+    let err = rel_err(&got, &want);
+    assert!(err < 1e-4, "{name}: right-padded short row rel err {err}");
+    // the long row equals its unpadded forward
+    let long = 1 - short;
+    let alone = m.forward_logits(&[rows[long].clone()]).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    let batched = logits.get(long).unwrap().to_vec2::<f32>().unwrap();
+    assert!(rel_err(&batched, &alone) < 1e-5, "{name}: long row changed by batching");
+    // left padding through the KV-cache prefill: the last logits of each row
+    let (last, _) = m.detached().unwrap().prefill(&rows, 64).unwrap();
+    let last = last.to_vec2::<f32>().unwrap();
+    let want_left = floats2(&b["left"]["logits_short_real"]);
+    let err = rel_err(&[last[short].clone()], &[want_left[n - 1].clone()]);
+    assert!(err < 1e-4, "{name}: left-padded prefill rel err {err}");
+}
+
+macro_rules! golden_tests {
+    ($($m:ident => $name:expr),*) => {$(
+        mod $m {
+            #[test] fn logits_and_logprobs_match_transformers() { super::check_logits($name) }
+            #[test] fn greedy_continuations_match_transformers() { super::check_greedy($name) }
+            #[test] fn loss_and_gradients_match_transformers() { super::check_grads($name) }
+            #[test] fn padded_batches_match_unpadded() { super::check_padded_batch($name) }
+        }
+    )*};
+}
+
+golden_tests!(qwen3 => "tiny-qwen3", llama => "tiny-llama", qwen2 => "tiny-qwen2");
