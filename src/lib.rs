@@ -2,11 +2,13 @@
 //! language models, with the paper's baselines (continued pretraining, RPT), evaluation and
 //! Hugging Face compatible checkpoints.
 
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod flops;
 pub mod model;
 pub mod objective;
+pub mod rollout;
 pub mod sampling;
 pub mod tokenizer;
 pub mod train;

@@ -1,0 +1,210 @@
+//! Implementations of the `rlp` subcommands that inspect a model: score, generate, bench.
+
+use crate::model::{self, target_logprobs, Model};
+use crate::sampling::SamplingParams;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use rand::SeedableRng;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct InputArgs {
+    /// Model: a Hugging Face directory or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to encode with the model's tokenizer.
+    #[arg(long, conflicts_with = "ids", alias = "prompt")]
+    pub text: Option<String>,
+    /// Comma-separated token ids (no tokenizer needed).
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// How many of the last position's highest logits to print.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Always take the most likely token (the default unless --temperature is given).
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print {"ids": [...], "text": "..."} instead of plain text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchWhat {
+    Forward,
+    Decode,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    pub what: BenchWhat,
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Sequence length (forward) or prompt length (decode).
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    /// Decode steps to time.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+struct Input {
+    model: Model,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    ids: Vec<u32>,
+}
+
+fn load_input(a: &InputArgs) -> Result<Input> {
+    let loaded = model::weights::load(&a.model)?;
+    let ids = match (&a.ids, &a.text) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => {
+            let tok = loaded.tokenizer.as_ref().with_context(|| format!("{} has no tokenizer.json: pass --ids instead of text", a.model.display()))?;
+            tok.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("cannot encode the text: {e}"))?.get_ids().to_vec()
+        }
+        (None, None) => bail!("give the input as --text TEXT or --ids 1,2,3"),
+    };
+    if ids.is_empty() {
+        bail!("the input encodes to no tokens");
+    }
+    Ok(Input { model: loaded.model.detached()?, tokenizer: loaded.tokenizer, ids })
+}
+
+pub fn score(a: &ScoreArgs) -> Result<()> {
+    let inp = load_input(&a.input)?;
+    let logits = inp.model.forward_logits(&[inp.ids.clone()])?.squeeze(0)?; // [T, V]
+    let n = inp.ids.len();
+    let logprobs_next: Vec<f32> = if n > 1 {
+        let targets = Tensor::new(&inp.ids[1..], &Device::Cpu)?;
+        target_logprobs(&logits.narrow(0, 0, n - 1)?, &targets)?.to_vec1()?
+    } else {
+        Vec::new()
+    };
+    let last: Vec<f32> = logits.get(n - 1)?.to_vec1()?;
+    let mut order: Vec<usize> = (0..last.len()).collect();
+    order.sort_by(|&x, &y| last[y].total_cmp(&last[x]));
+    let top: Vec<(usize, f32)> = order.into_iter().take(a.top_k).map(|i| (i, last[i])).collect();
+    println!("{}", json!({ "ids": inp.ids, "logprobs_next": logprobs_next, "last_topk": top }));
+    Ok(())
+}
+
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let inp = load_input(&a.input)?;
+    let params = match (a.greedy, a.temperature) {
+        (true, Some(_)) => bail!("--greedy and --temperature exclude each other"),
+        (_, Some(t)) if !(t > 0.0) => bail!("--temperature must be positive"),
+        (_, Some(t)) => Some(SamplingParams { temperature: t, top_p: a.top_p, top_k: a.top_k }),
+        (_, None) => None,
+    };
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let out = inp.model.generate(&[inp.ids.clone()], a.max_new_tokens, params.as_ref(), &mut rng)?.remove(0);
+    let text = match &inp.tokenizer {
+        Some(t) => Some(t.decode(&out, false).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?),
+        None => None,
+    };
+    if a.json {
+        println!("{}", json!({ "ids": out, "text": text }));
+    } else {
+        match text {
+            Some(t) => println!("{t}"),
+            None => println!("{}", out.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+        }
+    }
+    Ok(())
+}
+
+/// FLOPs of one forward token at context length `ctx`: 2 per weight of every matmul (all
+/// parameters but the embedding lookup, plus the lm_head even when tied) and the attention
+/// scores and weighted sum, 2·2·ctx·H·hd per layer.
+pub fn forward_flops_per_token(cfg: &model::Config, ctx: usize) -> f64 {
+    let emb = cfg.vocab_size * cfg.hidden_size;
+    let non_embedding = cfg.num_params() - emb * if cfg.tie_word_embeddings { 1 } else { 2 };
+    let attn = 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * cfg.head_dim;
+    (2 * (non_embedding + emb) + attn) as f64
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let m = model::weights::load(&a.model)?.model.detached()?;
+    let v = m.cfg.vocab_size as u32;
+    let row = |r: usize, n: usize| -> Vec<u32> { (0..n).map(|i| ((i * 7919 + r * 104729) as u32) % v).collect() };
+    let prompts: Vec<Vec<u32>> = (0..a.batch).map(|r| row(r, a.seq)).collect();
+    let mut times = Vec::new();
+    let (tokens, flops) = match a.what {
+        BenchWhat::Forward => {
+            for _ in 0..a.repeats {
+                let t0 = Instant::now();
+                m.forward_logits(&prompts)?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            let tokens = a.batch * a.seq;
+            let flops: f64 = (0..a.seq).map(|i| forward_flops_per_token(&m.cfg, i + 1)).sum::<f64>() * a.batch as f64;
+            (tokens, flops)
+        }
+        BenchWhat::Decode => {
+            for _ in 0..a.repeats {
+                let (mut logits, mut cache) = m.prefill(&prompts, a.seq + a.steps)?;
+                let t0 = Instant::now();
+                for _ in 0..a.steps {
+                    let next: Vec<u32> = logits.to_vec2::<f32>()?.iter().map(|l| crate::sampling::argmax(l)).collect();
+                    logits = m.decode_step(&next, &mut cache)?;
+                }
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            let tokens = a.batch * a.steps;
+            let flops: f64 = (0..a.steps).map(|i| forward_flops_per_token(&m.cfg, a.seq + i + 1)).sum::<f64>() * a.batch as f64;
+            (tokens, flops)
+        }
+    };
+    times.sort_by(f64::total_cmp);
+    let best = times[0];
+    let median = times[times.len() / 2];
+    let what = match a.what {
+        BenchWhat::Forward => "forward",
+        BenchWhat::Decode => "decode",
+    };
+    println!("{:<8} {:>6} {:>6} {:>10} {:>12} {:>10}", "phase", "batch", "seq", "median_s", "tokens/s", "GFLOP/s");
+    println!("{:<8} {:>6} {:>6} {:>10.4} {:>12.1} {:>10.2}", what, a.batch, a.seq, median, tokens as f64 / median, flops / median / 1e9);
+    println!(
+        "{}",
+        json!({ "bench": what, "batch": a.batch, "seq": a.seq, "steps": a.steps, "tokens": tokens,
+                "median_s": median, "best_s": best, "tokens_per_s": tokens as f64 / median, "gflops": flops / median / 1e9,
+                "threads": rayon_threads() })
+    );
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}

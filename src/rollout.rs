@@ -1,0 +1,167 @@
+//! Thought rollouts and the reasoned score S_pred, in one batched KV-cache decode.
+//!
+//! For each context the prefix `x_<t + <think>` is encoded once; its cache rows are duplicated
+//! into G rollouts. Every rollout samples thought tokens (EOS, pad and a second `<think>`
+//! banned, `</think>` banned at the first step so |c| ≥ 1) until it samples `</think>` or hits
+//! the budget, where `</think>` is forced. The rollout then feeds `</think>` and the separator
+//! tokens on its own cache, and the logits after the last of them give
+//! S_pred = log p_θ(x_t | x_<t, <think>, c, </think>, sep). Finished rows leave the batch.
+
+use crate::model::{KvCache, Model};
+use crate::sampling::{sample, tempered_logprobs, SamplingParams};
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, Clone)]
+pub struct RolloutParams {
+    pub g: usize,
+    /// Most thought tokens before `</think>` is forced.
+    pub budget: usize,
+    pub sampling: SamplingParams,
+    pub think_id: u32,
+    pub end_think_id: u32,
+    /// Never sampled inside a thought: EOS, pad, `<think>`.
+    pub banned: Vec<u32>,
+    /// Tokens between `</think>` and the scored token (often empty).
+    pub separator: Vec<u32>,
+}
+
+impl RolloutParams {
+    /// Tokens banned at thought position `u` (`</think>` too at u = 0).
+    pub fn banned_at(&self, u: usize) -> Vec<u32> {
+        let mut b = self.banned.clone();
+        if u == 0 {
+            b.push(self.end_think_id);
+        }
+        b
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thought {
+    /// Thought tokens c, without `<think>` and `</think>`.
+    pub ids: Vec<u32>,
+    /// Behaviour log-prob of each sampled token: the thought tokens, then `</think>` when it
+    /// was sampled (not when forced).
+    pub logp_old: Vec<f32>,
+    /// The model sampled `</think>` itself (false: forced at the budget).
+    pub closed: bool,
+    /// S_pred = log p_θ(x_t | prefix, <think>, c, </think>, sep), untempered.
+    pub s_pred: f32,
+}
+
+impl Thought {
+    /// Number of sampled tokens that carry the policy gradient.
+    pub fn sampled_len(&self) -> usize {
+        self.logp_old.len()
+    }
+}
+
+/// One context: the prefix x_<t (without `<think>`) and its true next token x_t.
+pub struct Prompt<'a> {
+    pub prefix: &'a [u32],
+    pub target: u32,
+}
+
+struct Row {
+    context: usize,
+    thought: Thought,
+    /// Tokens still to feed after the thought ended (`</think>`, then the separator).
+    closing: Option<std::collections::VecDeque<u32>>,
+}
+
+/// Sample G thoughts for each prompt and score each one. `model` should be a detached view.
+/// Returns thoughts grouped by context: result[b][i].
+pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<Thought>>> {
+    if p.g == 0 || p.budget == 0 {
+        bail!("rollouts need g ≥ 1 and a thought budget ≥ 1");
+    }
+    let seqs: Vec<Vec<u32>> = prompts.iter().map(|c| [c.prefix, &[p.think_id]].concat()).collect();
+    let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+    let cap = longest + p.budget + 1 + p.separator.len();
+    let (logits, cache) = model.prefill(&seqs, cap)?;
+    // Duplicate each context's row G times: rows b*G .. b*G+G-1 belong to context b.
+    let dup: Vec<u32> = (0..prompts.len()).flat_map(|b| std::iter::repeat(b as u32).take(p.g)).collect();
+    let mut cache: KvCache = cache.select_rows(&dup)?;
+    let mut logits: Vec<Vec<f32>> = {
+        let l = logits.to_vec2::<f32>()?;
+        dup.iter().map(|&b| l[b as usize].clone()).collect()
+    };
+    let mut rows: Vec<Row> = dup
+        .iter()
+        .map(|&b| Row { context: b as usize, thought: Thought { ids: vec![], logp_old: vec![], closed: false, s_pred: 0.0 }, closing: None })
+        .collect();
+    let mut done: Vec<Option<Thought>> = vec![None; rows.len()];
+    let mut slot: Vec<usize> = (0..rows.len()).collect(); // active row -> output slot
+    while !rows.is_empty() {
+        let mut feed = Vec::with_capacity(rows.len());
+        let mut keep = Vec::with_capacity(rows.len());
+        for (r, row) in rows.iter_mut().enumerate() {
+            if let Some(queue) = &mut row.closing {
+                match queue.pop_front() {
+                    Some(tok) => {
+                        feed.push(tok);
+                        keep.push(r);
+                    }
+                    None => {
+                        // logits follow `</think>` + separator: score the true next token
+                        let target = prompts[row.context].target as usize;
+                        row.thought.s_pred = tempered_logprobs(&logits[r], 1.0, &[])[target] as f32;
+                        done[slot[r]] = Some(std::mem::replace(&mut row.thought, Thought { ids: vec![], logp_old: vec![], closed: false, s_pred: 0.0 }));
+                    }
+                }
+                continue;
+            }
+            let u = row.thought.ids.len();
+            let tok = if u == p.budget {
+                p.end_think_id // forced: no behaviour log-prob, no gradient
+            } else {
+                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), rng);
+                row.thought.logp_old.push(lp);
+                tok
+            };
+            if tok == p.end_think_id {
+                row.thought.closed = u < p.budget;
+                let mut queue: std::collections::VecDeque<u32> = p.separator.iter().copied().collect();
+                queue.push_front(p.end_think_id);
+                feed.push(queue.pop_front().unwrap());
+                row.closing = Some(queue);
+            } else {
+                row.thought.ids.push(tok);
+                feed.push(tok);
+            }
+            keep.push(r);
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < rows.len() {
+            let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+            cache = cache.select_rows(&idx)?;
+            let mut kept_rows = Vec::with_capacity(keep.len());
+            let mut all: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+            for &r in &keep {
+                kept_rows.push(all[r].take().unwrap());
+            }
+            rows = kept_rows;
+            slot = keep.iter().map(|&r| slot[r]).collect();
+        }
+        let next: Tensor = model.decode_step(&feed, &mut cache)?;
+        logits = next.to_vec2::<f32>()?;
+    }
+    let mut out: Vec<Vec<Thought>> = (0..prompts.len()).map(|_| Vec::with_capacity(p.g)).collect();
+    for (i, t) in done.into_iter().enumerate() {
+        out[i / p.g].push(t.expect("every rollout finishes"));
+    }
+    Ok(out)
+}
+
+/// S_ema = log p̄_φ(x_t | x_<t) for each prompt, from the (detached) EMA teacher.
+pub fn no_think_scores(teacher: &Model, prompts: &[Prompt]) -> Result<Vec<f32>> {
+    let seqs: Vec<Vec<u32>> = prompts.iter().map(|c| c.prefix.to_vec()).collect();
+    let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+    let (logits, _) = teacher.prefill(&seqs, cap)?;
+    let logits = logits.to_vec2::<f32>()?;
+    Ok(prompts.iter().zip(&logits).map(|(c, l)| tempered_logprobs(l, 1.0, &[])[c.target as usize] as f32).collect())
+}

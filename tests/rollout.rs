@@ -1,0 +1,97 @@
+//! Rollouts: thoughts respect the masks and the budget, behaviour log-probs and S_pred agree
+//! with the full differentiable forward, and sampling is reproducible.
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rlp::model::{self, target_logprobs, Model};
+use rlp::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
+use rlp::sampling::{tempered_logprobs, SamplingParams};
+
+fn tiny() -> Model {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-llama");
+    model::weights::load(&dir).unwrap().model.detached().unwrap()
+}
+
+fn params(end_think_id: u32, budget: usize, temperature: f32) -> RolloutParams {
+    RolloutParams {
+        g: 4,
+        budget,
+        sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0 },
+        think_id: 510,
+        end_think_id,
+        banned: vec![2, 510],
+        separator: vec![],
+    }
+}
+
+fn last_logprob(m: &Model, seq: &[u32], target: u32) -> f32 {
+    let logits = m.forward_logits(&[seq.to_vec()]).unwrap().squeeze(0).unwrap();
+    let last = logits.get(seq.len() - 1).unwrap().unsqueeze(0).unwrap();
+    target_logprobs(&last, &Tensor::new(&[target], &Device::Cpu).unwrap()).unwrap().to_vec1::<f32>().unwrap()[0]
+}
+
+#[test]
+fn thoughts_respect_budget_masks_and_score_like_the_full_forward() {
+    // A peaky copy of the random model (lm_head ×60), with `</think>` set to the token its greedy
+    // thought reaches third: some rollouts close themselves, others run into the budget.
+    let base = tiny();
+    let mut w: std::collections::HashMap<String, Tensor> = base.named_tensors().into_iter().collect();
+    let head = (w["lm_head.weight"].clone() * 60.0).unwrap();
+    w.insert("lm_head.weight".into(), head);
+    let m = Model::from_tensors(base.cfg.clone(), w, "peaky").unwrap();
+    let greedy = m.generate(&[vec![7, 8, 9, 510]], 3, None, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let end = greedy[0][2];
+    let mut p = params(end, 6, 1.0);
+    p.g = 8;
+    p.separator = vec![13];
+    let prefixes = [vec![7u32, 8, 9], vec![100, 200, 300, 400, 500]];
+    let prompts: Vec<Prompt> = prefixes.iter().map(|x| Prompt { prefix: x, target: 42 }).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let out = sample_thoughts(&m, &prompts, &p, &mut rng).unwrap();
+    assert_eq!(out.len(), 2);
+    let (mut closed, mut forced) = (0, 0);
+    for (b, group) in out.iter().enumerate() {
+        assert_eq!(group.len(), 8);
+        for t in group {
+            assert!(!t.ids.is_empty() && t.ids.len() <= 6, "thought length {}", t.ids.len());
+            assert!(t.ids.iter().all(|x| ![2, 510, end].contains(x)), "banned token in {:?}", t.ids);
+            assert_eq!(t.logp_old.len(), t.ids.len() + usize::from(t.closed));
+            if t.closed { closed += 1 } else { forced += 1; assert_eq!(t.ids.len(), 6) }
+            // S_pred from the rollout cache equals the full forward over the whole sequence
+            let seq = [prefixes[b].as_slice(), &[510], &t.ids, &[end, 13]].concat();
+            let want = last_logprob(&m, &seq, 42);
+            assert!((t.s_pred - want).abs() < 1e-4, "S_pred {} vs {want}", t.s_pred);
+            // behaviour log-probs equal the tempered, masked distribution of the full forward
+            let ctx = [prefixes[b].as_slice(), &[510], &t.ids].concat();
+            let logits = m.forward_logits(&[ctx.clone()]).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            let start = prefixes[b].len(); // position of `<think>`: its logits give thought token 0
+            for (u, &lp) in t.logp_old.iter().enumerate() {
+                let tok = if u < t.ids.len() { t.ids[u] } else { end };
+                let want = tempered_logprobs(&logits[start + u], 1.0, &p.banned_at(u))[tok as usize] as f32;
+                assert!((lp - want).abs() < 1e-4, "logp_old[{u}] {lp} vs {want}");
+            }
+        }
+    }
+    assert!(closed > 0 && forced > 0, "both endings should occur (closed {closed}, forced {forced})");
+}
+
+#[test]
+fn rollouts_are_reproducible_for_a_seed() {
+    let m = tiny();
+    let prefix = vec![1u32, 2, 3, 4];
+    let prompts = [Prompt { prefix: &prefix, target: 5 }];
+    let p = params(511, 5, 0.7);
+    let run = |seed| sample_thoughts(&m, &prompts, &p, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap();
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+#[test]
+fn no_think_score_is_the_prefix_logprob() {
+    let m = tiny();
+    let (a, b) = (vec![3u32, 4, 5], vec![9u32, 8]);
+    let prompts = [Prompt { prefix: &a, target: 6 }, Prompt { prefix: &b, target: 7 }];
+    let s = no_think_scores(&m, &prompts).unwrap();
+    assert!((s[0] - last_logprob(&m, &a, 6)).abs() < 1e-4);
+    assert!((s[1] - last_logprob(&m, &b, 7)).abs() < 1e-4);
+}
