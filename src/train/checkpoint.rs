@@ -1,0 +1,135 @@
+//! Checkpoints: a Hugging Face model directory plus the trainer state, written atomically.
+//!
+//! Layout of `RUN/checkpoints/step-NNNNNN/`: `config.json`, `model.safetensors`,
+//! `generation_config.json`, `tokenizer.json` (what `transformers` loads), then
+//! `trainer_state.safetensors` (optimizer moments, EMA teacher) and `trainer_state.json` (step,
+//! RNG and data-cursor state, counters). Everything is first written to
+//! `checkpoints/.tmp-step-NNNNNN/`, each file fsynced, then the directory is renamed into place
+//! and the parent fsynced: a `step-*` directory is therefore always complete, and a crash
+//! mid-write leaves only a `.tmp-*` directory that the next run deletes.
+
+use crate::model::{self, Model};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const STATE_JSON: &str = "trainer_state.json";
+pub const STATE_TENSORS: &str = "trainer_state.safetensors";
+
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+fn step_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot fsync {}", dir.display()))
+}
+
+fn fsync_files(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        File::open(&p).and_then(|f| f.sync_all()).with_context(|| format!("cannot fsync {}", p.display()))?;
+    }
+    fsync_dir(dir)
+}
+
+/// Write a checkpoint for `step` atomically, then delete all but the newest `keep_last`.
+/// On any error the previous checkpoints are untouched and the partial directory removed.
+pub fn save(
+    run: &Path,
+    step: u64,
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    state_tensors: Vec<(String, Tensor)>,
+    state_json: &serde_json::Value,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let root = checkpoints_dir(run);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let tmp = root.join(format!(".tmp-{}", step_name(step)));
+    let final_dir = root.join(step_name(step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = (|| -> Result<()> {
+        model::weights::save_dir(model, Some(tokenizer), &tmp, DType::F32)?;
+        let st = tmp.join(STATE_TENSORS);
+        let tensors: Vec<(String, Tensor)> = state_tensors.into_iter().map(|(n, t)| Ok((n, t.detach().contiguous()?))).collect::<Result<_>>()?;
+        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &st).with_context(|| format!("cannot write {}", st.display()))?;
+        model::weights::write_json(&tmp.join(STATE_JSON), state_json)?;
+        fsync_files(&tmp)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+        fsync_dir(&root)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!("checkpoint for step {step} not written; earlier checkpoints in {} are intact", root.display())));
+    }
+    prune(&root, keep_last)?;
+    Ok(final_dir)
+}
+
+/// Completed checkpoints, oldest first.
+pub fn list(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = checkpoints_dir(run);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) {
+            if p.join(STATE_JSON).exists() {
+                out.push((n, p));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Remove leftovers of interrupted writes.
+pub fn remove_partial(run: &Path) -> Result<()> {
+    let root = checkpoints_dir(run);
+    if root.exists() {
+        for e in std::fs::read_dir(&root)? {
+            let p = e?.path();
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp-")) {
+                std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove partial checkpoint {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prune(root: &Path, keep_last: usize) -> Result<()> {
+    let run = root.parent().unwrap();
+    let all = list(run)?;
+    if all.len() > keep_last {
+        for (_, p) in &all[..all.len() - keep_last] {
+            std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The trainer state of a checkpoint directory.
+pub fn load_state(dir: &Path) -> Result<(HashMap<String, Tensor>, serde_json::Value)> {
+    let st = dir.join(STATE_TENSORS);
+    let tensors = if st.exists() {
+        candle_core::safetensors::load(&st, &Device::Cpu).with_context(|| format!("cannot read {}", st.display()))?
+    } else {
+        bail!("{} is missing: not an rlp checkpoint", st.display())
+    };
+    let sj = dir.join(STATE_JSON);
+    let text = std::fs::read_to_string(&sj).with_context(|| format!("cannot read {}", sj.display()))?;
+    let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", sj.display()))?;
+    Ok((tensors, json))
+}
