@@ -374,3 +374,18 @@ fn shared_weights_map_is_complete() {
     assert!(m.config.qkv_bias);
     assert_eq!(names["model.layers.0.self_attn.k_proj.bias"], [KV * HD]);
 }
+
+/// SmolLM2's GGUF tokenizer through `Tok`: the golden ids from transformers, its EOS ids, and
+/// `<think>`/`</think>` added after the 49152 ids of its vocabulary.
+#[test]
+fn smollm2_tok() {
+    let mut f = std::fs::File::open(smollm2()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let inner = tokenizer_from_gguf_metadata(&content.metadata).unwrap();
+    let tok = rlp::tokenizer::Tok::from_tokenizer(inner, true, "SmolLM2 GGUF").unwrap();
+    let ids = tok.encode("The capital of France is Paris. The quick brown fox").unwrap();
+    assert_eq!(ids, [504, 3575, 282, 4649, 314, 7042, 30, 378, 2365, 6354, 16438]);
+    assert_eq!(tok.eos_ids, vec![0, 2]); // <|endoftext|>, <|im_end|>
+    assert!(tok.added_think_tokens);
+    assert_eq!((tok.think_id, tok.end_think_id, tok.vocab_size()), (49152, 49153, 49154));
+}
