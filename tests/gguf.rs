@@ -314,7 +314,10 @@ fn tiny_qwen3_f32_round_trips() {
 fn load_err(path: &Path) -> String {
     match load_gguf(path) {
         Ok(_) => panic!("{} loaded but should not", path.display()),
-        Err(e) => format!("{e:#}"),
+        Err(e) => {
+            eprintln!("{e:#}");
+            format!("{e:#}")
+        }
     }
 }
 
@@ -340,7 +343,7 @@ fn truncated_file_is_an_error() {
         let short = dir.path().join(format!("cut{cut}.gguf"));
         std::fs::write(&short, &bytes[..cut]).unwrap();
         let e = load_err(&short);
-        assert!(e.contains(&format!("cut{cut}.gguf")), "{e}");
+        assert!(e.contains(&format!("cut{cut}.gguf")) && e.contains("truncated"), "{e}");
     }
 }
 

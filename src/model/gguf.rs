@@ -74,7 +74,7 @@ fn load_inner(path: &Path) -> Result<GgufModel> {
     // candle's reader checks every length against the file size and returns errors on bad magic
     // or truncation (tested in tests/gguf.rs), so no catch_unwind is needed here.
     let content = Content::read(&mut reader).map_err(|e| {
-        let msg = e.to_string();
+        let msg = plain(&e);
         if msg.contains("unknown dtype") {
             anyhow!("{msg}: this file holds a tensor type candle does not know; rlp loads {SUPPORTED_TEXT} GGUF tensors: {CONVERT_HINT}")
         } else if msg.contains("magic") {
@@ -94,12 +94,17 @@ fn load_inner(path: &Path) -> Result<GgufModel> {
     let hp = Hparams::read(&meta, arch.model_type())?;
 
     let mut tensors = HashMap::new();
-    for (name, info) in &content.tensor_infos {
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort(); // a deterministic order, so the same bad file always reports the same tensor
+    for name in names {
+        let info = &content.tensor_infos[name];
         let hf = hf_name(name)?;
         if !SUPPORTED.contains(&info.ggml_dtype) {
             bail!("tensor {name} has type {:?}; rlp loads {SUPPORTED_TEXT} GGUF tensors: {CONVERT_HINT}", info.ggml_dtype);
         }
-        let q = content.tensor(&mut reader, name, &Device::Cpu).with_context(|| format!("cannot read tensor {name}"))?;
+        let q = content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| anyhow!("cannot read tensor {name} ({}); the file may be truncated or corrupt: download it again", plain(&e)))?;
         let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
         if arch == Arch::Llama {
             if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
@@ -123,6 +128,14 @@ fn load_inner(path: &Path) -> Result<GgufModel> {
     let config = Config::from_json(raw).context("the GGUF metadata does not make a valid model config")?;
     check_tensors(&config, &tensors)?;
     Ok(GgufModel { config, tensors, tokenizer })
+}
+
+/// A candle error's message without the backtrace candle attaches when RUST_BACKTRACE is set.
+fn plain(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => plain(inner),
+        other => other.to_string(),
+    }
 }
 
 /// Undo llama.cpp's Q/K row permutation for llama-architecture GGUFs, so that Hugging Face's
@@ -242,14 +255,14 @@ impl Meta<'_> {
         self.0.get(key).ok_or_else(|| anyhow!("missing metadata key `{key}`"))
     }
     fn str(&self, key: &str) -> Result<&str> {
-        Ok(self.get(key)?.to_string().map_err(|e| anyhow!("metadata `{key}`: {e}"))?.as_str())
+        Ok(self.get(key)?.to_string().map_err(|e| anyhow!("metadata `{key}`: {}", plain(&e)))?.as_str())
     }
     fn usize(&self, key: &str) -> Result<usize> {
         let v = self.get(key)?;
         let n = match v {
             GgufValue::I32(x) if *x >= 0 => *x as u64,
             GgufValue::I64(x) if *x >= 0 => *x as u64,
-            v => v.to_u64().map_err(|e| anyhow!("metadata `{key}` must be a non-negative integer: {e}"))?,
+            v => v.to_u64().map_err(|e| anyhow!("metadata `{key}` must be a non-negative integer: {}", plain(&e)))?,
         };
         Ok(n as usize)
     }
@@ -265,7 +278,7 @@ impl Meta<'_> {
         }
     }
     fn array(&self, key: &str) -> Result<&Vec<GgufValue>> {
-        self.get(key)?.to_vec().map_err(|e| anyhow!("metadata `{key}` must be an array: {e}"))
+        self.get(key)?.to_vec().map_err(|e| anyhow!("metadata `{key}` must be an array: {}", plain(&e)))
     }
 }
 
@@ -371,22 +384,22 @@ fn tokenizer_from_gguf(m: &Meta) -> Result<tokenizers::Tokenizer> {
         .iter()
         .map(|v| v.to_string().map(|s| s.as_str()))
         .collect::<candle_core::Result<_>>()
-        .map_err(|e| anyhow!("tokenizer.ggml.tokens must hold strings: {e}"))?;
+        .map_err(|e| anyhow!("tokenizer.ggml.tokens must hold strings: {}", plain(&e)))?;
     let merges: Vec<&str> = m
         .array("tokenizer.ggml.merges")?
         .iter()
         .map(|v| v.to_string().map(|s| s.as_str()))
         .collect::<candle_core::Result<_>>()
-        .map_err(|e| anyhow!("tokenizer.ggml.merges must hold strings: {e}"))?;
+        .map_err(|e| anyhow!("tokenizer.ggml.merges must hold strings: {}", plain(&e)))?;
     let types: Vec<i64> = match m.0.get("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
         Some(v) => v
             .to_vec()
-            .map_err(|e| anyhow!("tokenizer.ggml.token_type: {e}"))?
+            .map_err(|e| anyhow!("tokenizer.ggml.token_type: {}", plain(&e)))?
             .iter()
             .map(|t| match t {
                 GgufValue::I32(x) => Ok(*x as i64),
-                t => t.to_i64().map_err(|e| anyhow!("tokenizer.ggml.token_type must hold integers: {e}")),
+                t => t.to_i64().map_err(|e| anyhow!("tokenizer.ggml.token_type must hold integers: {}", plain(&e))),
             })
             .collect::<Result<_>>()?,
     };
