@@ -392,3 +392,50 @@ fn smollm2_tok() {
     assert!(tok.added_think_tokens);
     assert_eq!((tok.think_id, tok.end_think_id, tok.vocab_size()), (49152, 49153, 49154));
 }
+
+/// The GGUF tokenizer builder, per `tokenizer.ggml.pre`, on llama.cpp's conformance vectors:
+/// GGUF-style metadata (tokens by id, "a b" merges, token_type 3 for added specials) is made
+/// from the GPT-2, Llama 3 and Qwen3 tokenizer.json files, as llama.cpp's converter would.
+#[test]
+fn gguf_tokenizer_pre_types_pass_conformance() {
+    let qwen3 = find_first("RLP_QWEN3_TOKENIZER", &[".cache/tokenizers/qwen3/tokenizer.json", "../shared/tokenizers/qwen3/tokenizer.json"]);
+    let llama3 = find_first("RLP_LLAMA3_TOKENIZER", &[".cache/tokenizers/llama3/tokenizer.json", "../shared/tokenizers/llama3/tokenizer.json"]);
+    let gpt2 = PathBuf::from("tests/data/tokenizers/gpt2/tokenizer.json");
+    for (json_path, pre, vectors) in [(gpt2, "gpt-2", "gpt-2"), (llama3, "llama-bpe", "llama-bpe"), (qwen3, "qwen2", "qwen2")] {
+        let meta = gguf_metadata_from_tokenizer_json(&json_path, pre);
+        let tok = tokenizer_from_gguf_metadata(&meta).unwrap();
+        let dir = "tests/data/tokenizers/conformance";
+        let inp = std::fs::read_to_string(format!("{dir}/ggml-vocab-{vectors}.gguf.inp")).unwrap();
+        let out = std::fs::read_to_string(format!("{dir}/ggml-vocab-{vectors}.gguf.out")).unwrap();
+        let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+        let outputs: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
+        assert_eq!(outputs.len(), 46);
+        for (i, want) in outputs.iter().enumerate() {
+            let got = tok.encode(inputs[i], false).unwrap();
+            assert_eq!(got.get_ids(), want.as_slice(), "pre={pre} #{i} {:?}", inputs[i]);
+        }
+    }
+}
+
+fn gguf_metadata_from_tokenizer_json(path: &Path, pre: &str) -> HashMap<String, G> {
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut by_id: Vec<(u64, String, i32)> = j["model"]["vocab"].as_object().unwrap().iter().map(|(t, id)| (id.as_u64().unwrap(), t.clone(), 1)).collect();
+    for a in j["added_tokens"].as_array().unwrap() {
+        let ty = if a["special"].as_bool().unwrap() { 3 } else { 4 };
+        by_id.push((a["id"].as_u64().unwrap(), a["content"].as_str().unwrap().to_string(), ty));
+    }
+    by_id.sort();
+    by_id.dedup_by_key(|e| e.0);
+    assert!(by_id.iter().enumerate().all(|(i, e)| e.0 == i as u64), "{}: ids are not contiguous", path.display());
+    let merges = j["model"]["merges"].as_array().unwrap().iter().map(|m| match m {
+        serde_json::Value::String(s) => G::String(s.clone()),
+        pair => G::String(format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap())),
+    });
+    HashMap::from([
+        ("tokenizer.ggml.model".to_string(), G::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), G::String(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), G::Array(by_id.iter().map(|e| G::String(e.1.clone())).collect())),
+        ("tokenizer.ggml.token_type".to_string(), G::Array(by_id.iter().map(|e| G::I32(e.2)).collect())),
+        ("tokenizer.ggml.merges".to_string(), G::Array(merges.collect())),
+    ])
+}

@@ -406,11 +406,13 @@ fn tokenizer_from_gguf(m: &Meta) -> Result<tokenizers::Tokenizer> {
     if types.len() != tokens.len() {
         bail!("tokenizer.ggml.token_type has {} entries for {} tokens", types.len(), tokens.len());
     }
+    // A missing `pre` is llama.cpp's "default" (a different, legacy regex): refused, like any
+    // pre-tokenizer rlp cannot reproduce exactly.
     let pre = m.0.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(|s| s.as_str()).unwrap_or("default");
     let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
     let (normalizer, pre_tokenizer, ignore_merges) = match pre {
-        "gpt-2" | "gpt2" | "default" => (Value::Null, byte_level(true), false),
+        "gpt-2" => (Value::Null, byte_level(true), false),
         "smollm" | "starcoder" | "refact" | "codeshell" => (
             Value::Null,
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
