@@ -201,7 +201,7 @@ pub fn clipped_surrogate(
 ) -> Result<(Tensor, SurrogateStats)> {
     let (n, u) = check_token_shapes(logp_new, logp_old, mask, total_thoughts)?;
     ensure!(adv.dims() == [n], "advantage shape {:?}, expected [{n}] (one per thought)", adv.dims());
-    ensure!(eps_low >= 0.0 && eps_low < 1.0 && eps_high >= 0.0, "clip range needs 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}");
+    ensure!((0.0..1.0).contains(&eps_low) && eps_high >= 0.0, "clip range needs 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}");
 
     let log_ratio = masked_log_ratio(&logp_old.detach(), logp_new, mask)?; // [N, U]
     let ratio = log_ratio.exp()?; // [N, U]
