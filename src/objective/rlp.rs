@@ -414,7 +414,6 @@ mod tests {
 
     #[test]
     fn split_micro_batches_sum_to_full_batch_gradient() {
-        let dev = Device::Cpu;
         let theta = Var::from_tensor(&t2(&[&[-0.1, -0.2, 0.3], &[0.2, 0.0, -0.4], &[0.1, 0.5, -0.2], &[-0.3, 0.1, 0.0]])).unwrap();
         let old = t2(&[&[0.0, 0.0, 0.0], &[0.1, 0.1, 0.1], &[0.0, 0.2, 0.0], &[0.0, 0.0, 0.3]]);
         let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 1.0, 1.0], &[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0]]);
