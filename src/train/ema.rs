@@ -122,8 +122,8 @@ mod tests {
         let theta = var(&[1.0, 2.0]);
         let mut ema = EmaTeacher::new();
         assert!(!ema.is_initialized());
-        assert!(ema.update(&[theta.clone()], 0.9).is_err(), "update before init");
-        ema.init_from(&[theta.clone()]).unwrap();
+        assert!(ema.update(std::slice::from_ref(&theta), 0.9).is_err(), "update before init");
+        ema.init_from(std::slice::from_ref(&theta)).unwrap();
         assert_eq!(phi0(&ema), vec![1.0, 2.0]);
         theta.set(&Tensor::new(&[5.0f32, 6.0], &Device::Cpu).unwrap()).unwrap();
         assert_eq!(phi0(&ema), vec![1.0, 2.0], "φ must not follow θ's storage");
@@ -135,13 +135,13 @@ mod tests {
     fn update_direction_is_tau_on_old_phi() {
         let theta = var(&[0.0, 0.0]);
         let mut ema = EmaTeacher::new();
-        ema.init_from(&[theta.clone()]).unwrap();
+        ema.init_from(std::slice::from_ref(&theta)).unwrap();
         theta.set(&Tensor::new(&[1.0f32, 1.0], &Device::Cpu).unwrap()).unwrap();
-        ema.update(&[theta.clone()], 0.9).unwrap();
+        ema.update(std::slice::from_ref(&theta), 0.9).unwrap();
         for x in phi0(&ema) {
             assert!((x - 0.1).abs() < 1e-7, "{x}");
         }
-        ema.update(&[theta.clone()], 0.9).unwrap();
+        ema.update(std::slice::from_ref(&theta), 0.9).unwrap();
         for x in phi0(&ema) {
             assert!((x - 0.19).abs() < 1e-7, "{x}");
         }
@@ -162,10 +162,10 @@ mod tests {
         let theta = var(&[3.0, 4.0]);
         let mut ema = EmaTeacher::new();
         assert!(ema.state_tensors().is_empty());
-        ema.init_from(&[theta.clone()]).unwrap();
+        ema.init_from(std::slice::from_ref(&theta)).unwrap();
         let state: HashMap<_, _> = ema.state_tensors().into_iter().collect();
         let mut restored = EmaTeacher::new();
-        restored.load_state(&state, &[theta.clone()]).unwrap();
+        restored.load_state(&state, std::slice::from_ref(&theta)).unwrap();
         assert_eq!(phi0(&restored), vec![3.0, 4.0]);
         assert!(restored.load_state(&state, &[var(&[1.0])]).is_err(), "shape mismatch");
         restored.load_state(&HashMap::new(), &[theta]).unwrap();

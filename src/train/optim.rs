@@ -170,13 +170,13 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     Ok(total as f32)
 }
 
-/// Whether any gradient of `vars` holds a NaN or ±Inf. Exact: `g − g` is 0 for every finite
+/// Whether any gradient of `vars` holds a NaN or ±Inf. Exact: `0·g` is 0 for every finite
 /// element and NaN otherwise, so its sum is NaN iff some element is not finite (a sum of g²
 /// could overflow on large finite values).
 pub fn grads_have_non_finite(grads: &GradStore, vars: &[Var]) -> Result<bool> {
     for var in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
-            let probe = (g - g)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            let probe = g.affine(0.0, 0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
             if probe.is_nan() {
                 return Ok(true);
             }
