@@ -33,7 +33,16 @@ pub struct ModelShape {
 impl ModelShape {
     /// Qwen3-1.7B(-Base), the paper's main model.
     pub fn qwen3_1_7b() -> Self {
-        ModelShape { n_layers: 28, d_model: 2048, n_heads: 16, n_kv_heads: 8, head_dim: 128, ffn_dim: 6144, vocab: 151_936, tied_embeddings: true }
+        ModelShape {
+            n_layers: 28,
+            d_model: 2048,
+            n_heads: 16,
+            n_kv_heads: 8,
+            head_dim: 128,
+            ffn_dim: 6144,
+            vocab: 151_936,
+            tied_embeddings: true,
+        }
     }
 
     pub fn from_config(cfg: &Config) -> Self {
@@ -91,7 +100,9 @@ impl ModelShape {
 pub fn forward_flops(shape: &ModelShape, cached: u64, fed: u64, logit_positions: u64) -> f64 {
     // Σ_{p=c}^{c+n−1} (p+1) = n·c + n(n+1)/2 keys attended in total.
     let keys = (fed * cached) as f64 + (fed * (fed + 1)) as f64 / 2.0;
-    2.0 * (shape.body_params() * fed) as f64 + 2.0 * (shape.lm_head_params() * logit_positions) as f64 + shape.attention_flops_per_key() * keys
+    2.0 * (shape.body_params() * fed) as f64
+        + 2.0 * (shape.lm_head_params() * logit_positions) as f64
+        + shape.attention_flops_per_key() * keys
 }
 
 /// Forward FLOPs of one token that attends to `ctx_len` keys (itself included) and whose
@@ -144,7 +155,7 @@ pub struct RlpStepShape {
     pub rollouts: u64,
     /// Prompt tokens per context, up to and including `<think>`.
     pub prefix_len: u64,
-    /// Thought tokens per rollout, up to and including `</think>` (paper budget: 2048).
+    /// Thought tokens per rollout, up to and including `</think>`, at least 1 (paper budget: 2048).
     pub thought_len: u64,
 }
 
@@ -176,9 +187,9 @@ pub fn rlp_step_flops(shape: &ModelShape, step: &RlpStepShape) -> RlpStepFlops {
     let (b, g) = (b as f64, g as f64);
     RlpStepFlops {
         sample: b * (prefill_flops(shape, p) + g * decode_flops(shape, p, c)),
-        score: b * g * score_flops(shape, p + c - 1, 1),
+        score: b * g * score_flops(shape, (p + c).saturating_sub(1), 1),
         teacher: b * score_flops(shape, 0, p),
-        train: b * g * 3.0 * forward_flops(shape, 0, p + c - 1, c),
+        train: b * g * 3.0 * forward_flops(shape, 0, (p + c).saturating_sub(1), c),
     }
 }
 
@@ -205,7 +216,16 @@ mod tests {
     /// Layer: q 8·8 = 64, k 8·4 = 32, v 32, o 64, SwiGLU 3·8·16 = 384 → 576. Body 2·576 = 1152.
     /// lm_head 10·8 = 80. N = 1232. Attention per key: 4·L·h·hd = 4·2·2·4 = 64.
     fn tiny() -> ModelShape {
-        ModelShape { n_layers: 2, d_model: 8, n_heads: 2, n_kv_heads: 1, head_dim: 4, ffn_dim: 16, vocab: 10, tied_embeddings: true }
+        ModelShape {
+            n_layers: 2,
+            d_model: 8,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            ffn_dim: 16,
+            vocab: 10,
+            tied_embeddings: true,
+        }
     }
 
     #[test]
@@ -328,7 +348,8 @@ mod tests {
     #[test]
     fn paper_setting_flop_parity_by_hand() {
         let s = ModelShape::qwen3_1_7b();
-        let step = rlp_step_flops(&s, &RlpStepShape { contexts: 512, rollouts: 16, prefix_len: 1660, thought_len: 2048 });
+        let step =
+            rlp_step_flops(&s, &RlpStepShape { contexts: 512, rollouts: 16, prefix_len: 1660, thought_len: 2048 });
         let run = 200.0 * step.total();
         assert!((run / 8.0004e19 - 1.0).abs() < 1e-3, "{run:e}");
         assert!((step.train / 3.2685e17 - 1.0).abs() < 1e-3, "{:e}", step.train);

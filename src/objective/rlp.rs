@@ -201,7 +201,10 @@ pub fn clipped_surrogate(
 ) -> Result<(Tensor, SurrogateStats)> {
     let (n, u) = check_token_shapes(logp_new, logp_old, mask, total_thoughts)?;
     ensure!(adv.dims() == [n], "advantage shape {:?}, expected [{n}] (one per thought)", adv.dims());
-    ensure!((0.0..1.0).contains(&eps_low) && eps_high >= 0.0, "clip range needs 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}");
+    ensure!(
+        (0.0..1.0).contains(&eps_low) && eps_high >= 0.0,
+        "clip range needs 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}"
+    );
 
     let log_ratio = masked_log_ratio(&logp_old.detach(), logp_new, mask)?; // [N, U]
     let ratio = log_ratio.exp()?; // [N, U]
@@ -414,7 +417,9 @@ mod tests {
 
     #[test]
     fn split_micro_batches_sum_to_full_batch_gradient() {
-        let theta = Var::from_tensor(&t2(&[&[-0.1, -0.2, 0.3], &[0.2, 0.0, -0.4], &[0.1, 0.5, -0.2], &[-0.3, 0.1, 0.0]])).unwrap();
+        let theta =
+            Var::from_tensor(&t2(&[&[-0.1, -0.2, 0.3], &[0.2, 0.0, -0.4], &[0.1, 0.5, -0.2], &[-0.3, 0.1, 0.0]]))
+                .unwrap();
         let old = t2(&[&[0.0, 0.0, 0.0], &[0.1, 0.1, 0.1], &[0.0, 0.2, 0.0], &[0.0, 0.0, 0.3]]);
         let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 1.0, 1.0], &[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0]]);
         let adv = t1(&[0.5, -1.0, 2.0, -0.3]);

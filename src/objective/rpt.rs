@@ -46,12 +46,8 @@ pub fn entropy_from_logits(logits: &[f32]) -> f32 {
     }
     let z: f64 = logits.iter().map(|&l| (l as f64 - m).exp()).sum();
     let log_z = m + z.ln();
-    let expected_logit: f64 = logits
-        .iter()
-        .map(|&l| l as f64)
-        .filter(|l| l.is_finite())
-        .map(|l| (l - log_z).exp() * l)
-        .sum();
+    let expected_logit: f64 =
+        logits.iter().map(|&l| l as f64).filter(|l| l.is_finite()).map(|l| (l - log_z).exp() * l).sum();
     (log_z - expected_logit).max(0.0) as f32
 }
 

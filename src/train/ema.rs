@@ -84,11 +84,16 @@ impl EmaTeacher {
         let mut phi = Vec::with_capacity(params.len());
         for (i, p) in params.iter().enumerate() {
             let name = format!("ema.{i}");
-            let t = tensors.get(&name).with_context(|| format!("EMA state has no `{name}`: written for a different model?"))?;
+            let t = tensors
+                .get(&name)
+                .with_context(|| format!("EMA state has no `{name}`: written for a different model?"))?;
             phi.push(t.to_dtype(DType::F32)?.to_device(p.device())?);
         }
         if tensors.keys().filter(|k| k.starts_with("ema.")).count() != params.len() {
-            bail!("EMA state has more tensors than the model's {} parameters: written for a different model?", params.len());
+            bail!(
+                "EMA state has more tensors than the model's {} parameters: written for a different model?",
+                params.len()
+            );
         }
         check_matches(&phi, params)?;
         self.params = Some(phi);
@@ -97,9 +102,19 @@ impl EmaTeacher {
 }
 
 fn check_matches(phi: &[Tensor], params: &[Var]) -> Result<()> {
-    ensure!(phi.len() == params.len(), "EMA teacher holds {} tensors but {} parameters were given", phi.len(), params.len());
+    ensure!(
+        phi.len() == params.len(),
+        "EMA teacher holds {} tensors but {} parameters were given",
+        phi.len(),
+        params.len()
+    );
     for (i, (f, p)) in phi.iter().zip(params).enumerate() {
-        ensure!(f.dims() == p.dims(), "EMA tensor {i} has shape {:?} but parameter {i} has shape {:?}", f.dims(), p.dims());
+        ensure!(
+            f.dims() == p.dims(),
+            "EMA tensor {i} has shape {:?} but parameter {i} has shape {:?}",
+            f.dims(),
+            p.dims()
+        );
     }
     Ok(())
 }

@@ -337,7 +337,8 @@ mod tests {
         let theta = var(&[1.0, 2.0]);
         let mut opt = AdamW::new(vec![theta], AdamWConfig::default()).unwrap();
         let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
-        let state = |pairs: &[(&str, usize)]| pairs.iter().map(|(k, n)| (k.to_string(), t(*n))).collect::<HashMap<_, _>>();
+        let state =
+            |pairs: &[(&str, usize)]| pairs.iter().map(|(k, n)| (k.to_string(), t(*n))).collect::<HashMap<_, _>>();
 
         let err = opt.load_state(&state(&[("adam.m.0", 3), ("adam.v.0", 3)]), 1).unwrap_err();
         assert!(err.to_string().contains("shape [3]"), "{err}");

@@ -34,9 +34,17 @@ impl LrSchedule {
     /// Errors on a negative or non-finite rate, `min_lr > base_lr`, or a cosine schedule whose
     /// warmup does not end before `total_steps`.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.base_lr.is_finite() && self.base_lr >= 0.0, "learning rate {} must be finite and >= 0", self.base_lr);
+        ensure!(
+            self.base_lr.is_finite() && self.base_lr >= 0.0,
+            "learning rate {} must be finite and >= 0",
+            self.base_lr
+        );
         if let ScheduleKind::Cosine { min_lr } = self.kind {
-            ensure!((0.0..=self.base_lr).contains(&min_lr), "cosine min_lr {min_lr} must be in [0, base lr {}]", self.base_lr);
+            ensure!(
+                (0.0..=self.base_lr).contains(&min_lr),
+                "cosine min_lr {min_lr} must be in [0, base lr {}]",
+                self.base_lr
+            );
             ensure!(
                 self.warmup_steps < self.total_steps,
                 "cosine schedule: warmup_steps {} must be less than total_steps {}",
@@ -100,16 +108,24 @@ mod tests {
     /// step 10 and beyond: p = 1 → 0.1.
     #[test]
     fn cosine_hand_values() {
-        let s = LrSchedule { base_lr: 1.0, warmup_steps: 2, kind: ScheduleKind::Cosine { min_lr: 0.1 }, total_steps: 10 };
+        let s =
+            LrSchedule { base_lr: 1.0, warmup_steps: 2, kind: ScheduleKind::Cosine { min_lr: 0.1 }, total_steps: 10 };
         s.validate().unwrap();
-        for (step, want) in [(0, 0.5), (1, 1.0), (2, 1.0), (4, 0.868_198_1), (6, 0.55), (9, 0.134_254_2), (10, 0.1), (50, 0.1)] {
+        for (step, want) in
+            [(0, 0.5), (1, 1.0), (2, 1.0), (4, 0.868_198_1), (6, 0.55), (9, 0.134_254_2), (10, 0.1), (50, 0.1)]
+        {
             assert!((s.lr_at(step) - want).abs() < 1e-7, "step {step}: {} vs {want}", s.lr_at(step));
         }
     }
 
     #[test]
     fn invalid_schedules_are_rejected() {
-        let cos = |min_lr, warmup, total| LrSchedule { base_lr: 1.0, warmup_steps: warmup, kind: ScheduleKind::Cosine { min_lr }, total_steps: total };
+        let cos = |min_lr, warmup, total| LrSchedule {
+            base_lr: 1.0,
+            warmup_steps: warmup,
+            kind: ScheduleKind::Cosine { min_lr },
+            total_steps: total,
+        };
         assert!(cos(2.0, 0, 10).validate().is_err(), "min above base");
         assert!(cos(0.1, 10, 10).validate().is_err(), "warmup fills the run");
         let neg = LrSchedule { base_lr: -1.0, warmup_steps: 0, kind: ScheduleKind::Constant, total_steps: 1 };
