@@ -1,5 +1,7 @@
-//! Training loop pieces: optimizer, EMA teacher, LR schedule.
+//! Training loop pieces: optimizer, EMA teacher, LR schedule, checkpoints, the loop itself.
 
+pub mod checkpoint;
 pub mod ema;
 pub mod optim;
+pub mod policy;
 pub mod schedule;
