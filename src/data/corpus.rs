@@ -361,6 +361,17 @@ pub struct TokenizedDocs {
 }
 
 impl TokenizedDocs {
+    /// Documents from `(source, token ids)` pairs: for tests and synthetic data.
+    pub fn from_documents(
+        documents: impl IntoIterator<Item = (String, Vec<u32>)>,
+    ) -> TokenizedDocs {
+        let mut docs = TokenizedDocs::default();
+        for (source, ids) in documents {
+            docs.push(&ids, source);
+        }
+        docs
+    }
+
     /// Number of documents.
     pub fn len(&self) -> usize {
         self.ends.len()
