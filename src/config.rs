@@ -367,164 +367,74 @@ impl TrainConfig {
         bail!("invalid config:\n  - {}", problems.join("\n  - "))
     }
 
+    /// Every rule the config breaks. Kept one rule per line, like a table.
+    #[rustfmt::skip]
     fn problems(&self) -> Vec<String> {
-        let (d, r, o, p, t) = (
-            &self.data,
-            &self.rollout,
-            &self.objective,
-            &self.optim,
-            &self.train,
-        );
-        let mut out = Vec::new();
-        let mut check = |ok: bool, msg: String| {
-            if !ok {
-                out.push(msg)
-            }
-        };
-        check(
-            d.contexts_per_step >= 1,
-            "data.contexts_per_step must be at least 1".into(),
-        );
-        check(
-            d.positions_per_doc >= 1,
-            "data.positions_per_doc must be at least 1".into(),
-        );
-        check(
-            d.min_prefix >= 1,
-            "data.min_prefix must be at least 1 (a prediction needs context)".into(),
-        );
-        check(
-            d.min_prefix < d.max_context,
-            format!(
-                "data.min_prefix ({}) must be less than data.max_context ({})",
-                d.min_prefix, d.max_context
-            ),
-        );
-        check(
-            d.fixed_contexts != Some(0),
-            "data.fixed_contexts must be at least 1 when set".into(),
-        );
-        check(
-            !d.text_field.is_empty(),
-            "data.text_field must not be empty".into(),
-        );
-        check(
-            r.g >= 2,
-            format!(
-                "rollout.g ({}) must be at least 2: advantages compare thoughts within a group",
-                r.g
-            ),
-        );
-        check(
-            r.thought_budget >= 1,
-            "rollout.thought_budget must be at least 1".into(),
-        );
-        check(
-            r.temperature.is_finite() && r.temperature > 0.0,
-            format!("rollout.temperature ({}) must be > 0", r.temperature),
-        );
-        check(
-            r.top_p > 0.0 && r.top_p <= 1.0,
-            format!("rollout.top_p ({}) must be in (0, 1]", r.top_p),
-        );
-        check(
-            (0.0..1.0).contains(&o.eps_low),
-            format!("objective.eps_low ({}) must be in [0, 1)", o.eps_low),
-        );
-        check(
-            o.eps_high.is_finite() && o.eps_high >= 0.0,
-            format!("objective.eps_high ({}) must be >= 0", o.eps_high),
-        );
-        check(
-            o.kl_coef.is_finite() && o.kl_coef >= 0.0,
-            format!("objective.kl_coef ({}) must be >= 0", o.kl_coef),
-        );
-        check(
-            (0.0..1.0).contains(&o.ema_tau),
-            format!("objective.ema_tau ({}) must be in [0, 1)", o.ema_tau),
-        );
-        check(
-            o.ppo_epochs >= 1,
-            "objective.ppo_epochs must be at least 1".into(),
-        );
-        check(
-            o.minibatches >= 1 && d.contexts_per_step % o.minibatches.max(1) == 0,
-            format!(
-                "objective.minibatches ({}) must be at least 1 and divide data.contexts_per_step ({})",
-                o.minibatches, d.contexts_per_step
-            ),
-        );
-        check(
-            o.rpt_entropy_threshold.is_none() || o.rpt_top_frac.is_none(),
-            "objective.rpt_entropy_threshold and objective.rpt_top_frac are alternatives: set one"
-                .into(),
-        );
+        let (d, r, o) = (&self.data, &self.rollout, &self.objective);
+        let (p, t) = (&self.optim, &self.train);
+        let unit = |x: f64| (0.0..1.0).contains(&x);
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let mut out = Problems::default();
+        let b = d.contexts_per_step;
+        out.require(b >= 1, "data.contexts_per_step", b, "must be at least 1");
+        out.require(d.positions_per_doc >= 1, "data.positions_per_doc", d.positions_per_doc, "must be at least 1");
+        out.require(d.min_prefix >= 1, "data.min_prefix", d.min_prefix, "must be at least 1");
+        let below_max = format!("must be less than data.max_context ({})", d.max_context);
+        out.require(d.min_prefix < d.max_context, "data.min_prefix", d.min_prefix, &below_max);
+        if let Some(n) = d.fixed_contexts {
+            out.require(n >= 1, "data.fixed_contexts", n, "must be at least 1 when set");
+        }
+        out.require(!d.text_field.is_empty(), "data.text_field", "\"\"", "must name a JSON field");
+        let group = "must be at least 2: advantages compare the thoughts of a group";
+        out.require(r.g >= 2, "rollout.g", r.g, group);
+        out.require(r.thought_budget >= 1, "rollout.thought_budget", r.thought_budget, "must be at least 1");
+        out.require(positive(r.temperature), "rollout.temperature", r.temperature, "must be > 0");
+        let top_p_ok = r.top_p > 0.0 && r.top_p <= 1.0;
+        out.require(top_p_ok, "rollout.top_p", r.top_p, "must be in (0, 1]");
+        out.require(unit(o.eps_low), "objective.eps_low", o.eps_low, "must be in [0, 1)");
+        out.require(non_negative(o.eps_high), "objective.eps_high", o.eps_high, "must be >= 0");
+        out.require(non_negative(o.kl_coef), "objective.kl_coef", o.kl_coef, "must be >= 0");
+        out.require(unit(o.ema_tau), "objective.ema_tau", o.ema_tau, "must be in [0, 1)");
+        out.require(o.ppo_epochs >= 1, "objective.ppo_epochs", o.ppo_epochs, "must be at least 1");
+        let divides_b = o.minibatches >= 1 && b % o.minibatches.max(1) == 0;
+        let rule = format!("must be at least 1 and divide data.contexts_per_step ({b})");
+        out.require(divides_b, "objective.minibatches", o.minibatches, &rule);
+        if let (Some(h), Some(f)) = (o.rpt_entropy_threshold, o.rpt_top_frac) {
+            let rule = format!("and objective.rpt_top_frac = {f} are alternatives: set one");
+            out.require(false, "objective.rpt_entropy_threshold", h, &rule);
+        }
         if let Some(h) = o.rpt_entropy_threshold {
-            check(
-                h.is_finite() && h >= 0.0,
-                format!("objective.rpt_entropy_threshold ({h}) must be >= 0"),
-            );
+            out.require(non_negative(h), "objective.rpt_entropy_threshold", h, "must be >= 0");
         }
         if let Some(f) = o.rpt_top_frac {
-            check(
-                f > 0.0 && f <= 1.0,
-                format!("objective.rpt_top_frac ({f}) must be in (0, 1]"),
-            );
+            out.require(f > 0.0 && f <= 1.0, "objective.rpt_top_frac", f, "must be in (0, 1]");
         }
-        check(
-            o.ntp_tokens_per_step != Some(0),
-            "objective.ntp_tokens_per_step must be at least 1 when set".into(),
-        );
-        check(
-            p.lr.is_finite() && p.lr > 0.0,
-            format!("optim.lr ({}) must be > 0", p.lr),
-        );
-        check(
-            p.betas.iter().all(|b| (0.0..1.0).contains(b)),
-            format!("optim.betas ({:?}) must each be in [0, 1)", p.betas),
-        );
-        check(
-            p.weight_decay.is_finite() && p.weight_decay >= 0.0,
-            format!("optim.weight_decay ({}) must be >= 0", p.weight_decay),
-        );
-        check(
-            p.eps.is_finite() && p.eps > 0.0,
-            format!("optim.eps ({}) must be > 0", p.eps),
-        );
-        check(
-            p.grad_clip.is_finite() && p.grad_clip > 0.0,
-            format!("optim.grad_clip ({}) must be > 0", p.grad_clip),
-        );
-        check(
-            p.min_lr >= 0.0 && p.min_lr <= p.lr,
-            format!(
-                "optim.min_lr ({}) must be in [0, optim.lr = {}]",
-                p.min_lr, p.lr
-            ),
-        );
-        check(t.steps >= 1, "train.steps must be at least 1".into());
-        check(
-            p.warmup_steps <= t.steps,
-            format!(
-                "optim.warmup_steps ({}) must not exceed train.steps ({})",
-                p.warmup_steps, t.steps
-            ),
-        );
-        let per_update = self.sequences_per_update();
+        if let Some(n) = o.ntp_tokens_per_step {
+            out.require(n >= 1, "objective.ntp_tokens_per_step", n, "must be at least 1 when set");
+        }
+        out.require(positive(p.lr), "optim.lr", p.lr, "must be > 0");
+        let betas = format!("{:?}", p.betas);
+        out.require(p.betas.iter().all(|&x| unit(x)), "optim.betas", betas, "must each be in [0, 1)");
+        out.require(non_negative(p.weight_decay), "optim.weight_decay", p.weight_decay, "must be >= 0");
+        out.require(positive(p.eps), "optim.eps", p.eps, "must be > 0");
+        out.require(positive(p.grad_clip), "optim.grad_clip", p.grad_clip, "must be > 0");
+        let rule = format!("must be in [0, optim.lr = {}]", p.lr);
+        out.require(p.min_lr >= 0.0 && p.min_lr <= p.lr, "optim.min_lr", p.min_lr, &rule);
+        out.require(t.steps >= 1, "train.steps", t.steps, "must be at least 1");
+        let rule = format!("must not exceed train.steps ({})", t.steps);
+        out.require(p.warmup_steps <= t.steps, "optim.warmup_steps", p.warmup_steps, &rule);
         if let Some(m) = t.micro_batch {
-            check(
-                m >= 1 && m <= per_update && per_update % m == 0,
-                format!(
-                    "train.micro_batch ({m}) must divide the {per_update} sequences of each optimizer update \
-                     (data.contexts_per_step × rollout.g / objective.minibatches)"
-                ),
+            let n = self.sequences_per_update();
+            let rule = format!(
+                "must divide the {n} sequences of each optimizer update \
+                 (data.contexts_per_step × rollout.g / objective.minibatches)"
             );
+            out.require(m >= 1 && m <= n && n % m == 0, "train.micro_batch", m, &rule);
         }
-        check(
-            self.checkpoint.keep_last >= 1,
-            "checkpoint.keep_last must be at least 1".into(),
-        );
-        out
+        let keep = self.checkpoint.keep_last;
+        out.require(keep >= 1, "checkpoint.keep_last", keep, "must be at least 1");
+        out.0
     }
 
     /// Sequences (context × thought) that go into one optimizer update: B·G / minibatches.
@@ -554,6 +464,19 @@ impl TrainConfig {
                 + budget
                 + self.rollout.separator.len(),
             max_generated_tokens_per_step: b * g * budget,
+        }
+    }
+}
+
+/// Config problems found by `validate`, each message starting with its key and value.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    /// Records `key = value: rule` unless `ok`.
+    fn require(&mut self, ok: bool, key: &str, value: impl fmt::Display, rule: &str) {
+        if !ok {
+            self.0.push(format!("{key} = {value}: {rule}"));
         }
     }
 }
