@@ -5,3 +5,4 @@ pub mod ema;
 pub mod optim;
 pub mod policy;
 pub mod schedule;
+pub mod trainer;
