@@ -208,3 +208,57 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 fn rayon_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run's TOML config (see configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config key, e.g. --set optim.lr=1e-6 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory (default: runs/<config file stem>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint in the run directory.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let cfg = crate::config::TrainConfig::load(&a.config, &a.overrides)?;
+    if cfg.train.threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", cfg.train.threads.to_string());
+    }
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()),
+    };
+    let mut trainer = crate::train::trainer::Trainer::new(cfg, &out, a.resume)?;
+    trainer.run()?;
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TrainTokenizerArgs {
+    /// Corpus: .txt / .jsonl file or directory.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    pub vocab_size: usize,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Where to write tokenizer.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn train_tokenizer(a: &TrainTokenizerArgs) -> Result<()> {
+    let corpus = crate::data::corpus::Corpus::open(&a.corpus, &a.text_field)?;
+    let texts: Vec<String> = corpus.documents().map(|d| d.map(|d| d.text)).collect::<std::result::Result<_, _>>()?;
+    let tok = crate::tokenizer::train_byte_level_bpe(texts.iter(), a.vocab_size, &["<|endoftext|>", "<think>", "</think>"])?;
+    tok.save(&a.out, false).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.out.display()))?;
+    println!("wrote {} ({} tokens)", a.out.display(), tok.get_vocab_size(true));
+    Ok(())
+}

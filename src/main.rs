@@ -19,6 +19,10 @@ enum Command {
     Generate(cli::GenerateArgs),
     /// Time the forward pass or batched decoding.
     Bench(cli::BenchArgs),
+    /// Train with RLP (or a baseline objective) from a TOML config.
+    Train(cli::TrainArgs),
+    /// Train a small byte-level BPE tokenizer on a corpus (for tiny test and demo models).
+    TrainTokenizer(cli::TrainTokenizerArgs),
 }
 
 fn main() {
@@ -27,6 +31,8 @@ fn main() {
         Command::Score(a) => cli::score(&a),
         Command::Generate(a) => cli::generate(&a),
         Command::Bench(a) => cli::bench(&a),
+        Command::Train(a) => cli::train(&a),
+        Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -142,3 +142,35 @@ fn build_byte_level_inverse() -> HashMap<char, u8> {
     }
     map
 }
+
+/// Train a byte-level BPE tokenizer (GPT-2 style pre-tokenizer and decoder) on `texts`, with
+/// `special` added as special tokens first. For tiny test and demo models: real checkpoints
+/// bring their own tokenizer.
+pub fn train_byte_level_bpe<I, S>(texts: I, vocab_size: usize, special: &[&str]) -> Result<tokenizers::Tokenizer>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
+    let trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(special.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut tk = TokenizerBuilder::<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+        .with_model(BPE::default().into())
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+        .with_decoder(Some(ByteLevel::default().into()))
+        .build()
+        .map_err(|e| anyhow!("cannot build a BPE tokenizer: {e}"))?;
+    let mut wrapped = tokenizers::models::TrainerWrapper::BpeTrainer(trainer);
+    tk.train(&mut wrapped, texts).map_err(|e| anyhow!("BPE training failed: {e}"))?;
+    let mut tok: tokenizers::Tokenizer = tk.into();
+    tok.add_special_tokens(special.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>())
+        .map_err(|e| anyhow!("cannot add special tokens: {e}"))?;
+    Ok(tok)
+}

@@ -9,7 +9,7 @@
 use super::checkpoint;
 use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
-use super::policy::{grad_len, thought_logprobs, ThoughtRow};
+use super::policy::{thought_logprobs, ThoughtRow};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::config::{Advantage, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
@@ -107,8 +107,11 @@ impl Trainer {
         };
         schedule.validate()?;
         let r = &cfg.rollout;
+        // EOS, `<think>`, and embedding rows the tokenizer has no token for (Qwen pads its
+        // embedding past the vocabulary): none may appear inside a thought.
         let mut banned = tok.eos_ids.clone();
         banned.push(tok.think_id);
+        banned.extend(tok.vocab_size() as u32..policy.cfg.vocab_size as u32);
         let rollout = RolloutParams {
             g: r.g,
             budget: r.thought_budget,
