@@ -59,6 +59,18 @@ pub struct Trainer {
     pub totals: Totals,
 }
 
+/// The summed gradient of one optimizer step and what to log about it.
+pub struct PolicyGradient {
+    pub grads: GradStore,
+    pub loss: f64,
+    pub stats: SurrogateStats,
+    /// Mean entropy (nats) of the tempered policy at thought positions.
+    pub entropy: f64,
+    pub forward_tokens: usize,
+    /// Mean k3 KL to the EMA teacher per token (0 when `kl_coef` = 0).
+    pub kl: f64,
+}
+
 /// Everything sampled and scored for one rollout batch.
 pub struct RolloutBatch {
     pub contexts: Vec<Context>,
@@ -194,10 +206,10 @@ impl Trainer {
     }
 
     /// Gradient of the clipped surrogate over the thoughts `idx` (flat b*G+i indices) of `batch`,
-    /// normalised by `total_thoughts`, accumulated over micro-batches.
-    fn policy_gradient(&self, batch: &RolloutBatch, idx: &[usize], total_thoughts: usize) -> Result<(Option<GradStore>, f64, SurrogateStats, f64, usize, f64)> {
+    /// normalised by `total_thoughts`, accumulated over micro-batches of `micro` thoughts.
+    pub fn policy_gradient(&self, batch: &RolloutBatch, idx: &[usize], total_thoughts: usize, micro: usize) -> Result<PolicyGradient> {
         let g = self.rollout.g;
-        let micro = self.cfg.train.micro_batch.unwrap_or(idx.len()).max(1);
+        let micro = micro.max(1);
         let obj = &self.cfg.objective;
         let teacher = if obj.kl_coef > 0.0 { Some(self.ema_model()?) } else { None };
         let mut grads: Option<GradStore> = None;
@@ -239,8 +251,7 @@ impl Trainer {
         }
         let entropy = if tokens > 0 { entropy_sum / tokens as f64 } else { 0.0 };
         let kl = if tokens > 0 { kl_sum / tokens as f64 } else { 0.0 };
-        let _ = kl;
-        Ok((grads, loss_sum, stats, entropy, fwd_tokens, kl))
+        Ok(PolicyGradient { grads: grads.context("no thoughts to train on")?, loss: loss_sum, stats, entropy, forward_tokens: fwd_tokens, kl })
     }
 
     fn ema_model(&self) -> Result<Model> {
@@ -278,10 +289,10 @@ impl Trainer {
                     let ctx_range = (m * b / mb)..((m + 1) * b / mb);
                     let idx: Vec<usize> = ctx_range.flat_map(|c| (c * g)..(c * g + g)).collect();
                     let t0 = Instant::now();
-                    let (grads, loss, stats, entropy, fwd_tokens, kl) = self.policy_gradient(&batch, &idx, idx.len())?;
+                    let micro = self.cfg.train.micro_batch.unwrap_or(idx.len());
+                    let PolicyGradient { mut grads, loss, stats, entropy, forward_tokens: fwd_tokens, kl } = self.policy_gradient(&batch, &idx, idx.len(), micro)?;
                     let train_s = t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
-                    let mut grads = grads.context("no gradient computed")?;
                     let vars = self.var_list();
                     let nonfinite = !loss.is_finite() || grads_have_non_finite(&grads, &vars)?;
                     let lr = self.schedule.lr_at(self.step);

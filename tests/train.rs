@@ -1,0 +1,172 @@
+//! The RLP trainer end to end on the tiny config: it optimises its objective, micro-batching
+//! does not change the gradient, resume is exact, checkpoints reload, bad input is refused.
+
+use rlp::config::TrainConfig;
+use rlp::model;
+use rlp::train::trainer::Trainer;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn tiny_config(overrides: &[&str]) -> TrainConfig {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let mut o: Vec<String> = vec!["logging.progress=false".into()];
+    o.extend(overrides.iter().map(|s| s.to_string()));
+    TrainConfig::load(&path, &o).unwrap()
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Metrics without the wall-clock fields.
+fn deterministic(m: &[Value]) -> Vec<Value> {
+    m.iter()
+        .map(|v| {
+            let mut v = v.clone();
+            for k in ["step_s", "sample_s", "score_s", "train_s", "optimizer_s", "tokens_per_s_sample", "tokens_per_s_train"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
+    let dir = run.join(format!("checkpoints/step-{step:06}"));
+    let m = model::weights::load(&dir).unwrap().model;
+    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+}
+
+/// Single-token thoughts on 4 fixed contexts: a bandit the policy can solve.
+const LEARNABLE: &[&str] = &["data.fixed_contexts=4", "train.steps=40", "rollout.g=8", "rollout.thought_budget=1", "rollout.temperature=1.0", "optim.lr=1e-2", "logging.samples_every=0"];
+
+#[test]
+fn rlp_raises_the_reasoned_score_repeatably() {
+    let runs: Vec<Vec<Value>> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            Trainer::new(tiny_config(LEARNABLE), dir.path(), false).unwrap().run().unwrap();
+            metrics(dir.path())
+        })
+        .collect();
+    assert_eq!(deterministic(&runs[0]), deterministic(&runs[1]), "same seed, different metrics");
+    let m = &runs[0];
+    assert_eq!(m.len(), 40);
+    let mean = |r: &[Value], k: &str| r.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let (first, last) = (&m[..5], &m[30..]);
+    let (r0, r1) = (mean(first, "reward_mean"), mean(last, "reward_mean"));
+    let (s0, s1) = (mean(first, "s_pred_mean"), mean(last, "s_pred_mean"));
+    assert!(r1 > r0 + 0.3, "reward did not rise: {r0:.3} -> {r1:.3}");
+    assert!(s1 > s0 + 0.3, "S_pred did not rise: {s0:.3} -> {s1:.3}");
+    for v in m {
+        for k in ["step", "lr", "reward_mean", "reward_std", "s_pred_mean", "s_ema_mean", "adv_abs_mean", "frac_zero_std_groups", "thought_len_mean", "thought_truncated_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy", "loss", "grad_norm", "ema_drift", "tokens_per_s_sample", "tokens_per_s_train", "step_s", "sample_s", "score_s", "train_s", "optimizer_s"] {
+            assert!(v[k].is_number(), "metric {k} missing or not a number in {v}");
+        }
+        // one PPO epoch: the policy is the behaviour policy, so the ratio is 1
+        assert!((v["ratio_mean"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn gradient_does_not_depend_on_micro_batching() {
+    let dir = tempfile::tempdir().unwrap();
+    // B = 2 contexts × G = 4 = 8 thoughts
+    let mut t = Trainer::new(tiny_config(&["data.contexts_per_step=2"]), dir.path(), false).unwrap();
+    let batch = t.rollout_batch().unwrap();
+    let idx: Vec<usize> = (0..8).collect();
+    let grads: Vec<Vec<Vec<f32>>> = [8, 4, 1]
+        .iter()
+        .map(|&micro| {
+            let pg = t.policy_gradient(&batch, &idx, 8, micro).unwrap();
+            t.vars.iter().map(|(_, v)| pg.grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect()
+        })
+        .collect();
+    // ‖g_a − g_b‖ / ‖g_a‖ per parameter tensor
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    for (name, i) in t.vars.iter().map(|(n, _)| n).zip(0..) {
+        for other in &grads[1..] {
+            let diff: Vec<f32> = grads[0][i].iter().zip(&other[i]).map(|(x, y)| x - y).collect();
+            let rel = norm(&diff) / norm(&grads[0][i]).max(1e-30);
+            assert!(rel < 1e-6, "{name}: micro-batched gradient differs by {rel:e} relative");
+        }
+    }
+}
+
+#[test]
+fn resume_is_exact() {
+    let straight = tempfile::tempdir().unwrap();
+    Trainer::new(tiny_config(&["checkpoint.every=3"]), straight.path(), false).unwrap().run().unwrap();
+    let split = tempfile::tempdir().unwrap();
+    Trainer::new(tiny_config(&["checkpoint.every=3", "train.steps=3"]), split.path(), false).unwrap().run().unwrap();
+    // a refused restart without --resume leaves the run untouched
+    assert!(Trainer::new(tiny_config(&["checkpoint.every=3"]), split.path(), false).is_err());
+    Trainer::new(tiny_config(&["checkpoint.every=3"]), split.path(), true).unwrap().run().unwrap();
+    assert_eq!(deterministic(&metrics(straight.path())), deterministic(&metrics(split.path())));
+    assert_eq!(weights(straight.path(), 6), weights(split.path(), 6));
+    let samples = |p: &Path| std::fs::read_to_string(p.join("samples.jsonl")).unwrap();
+    assert_eq!(samples(straight.path()), samples(split.path()));
+}
+
+#[test]
+fn checkpoint_is_a_model_directory_that_reloads_with_identical_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(tiny_config(&["train.steps=2"]), dir.path(), false).unwrap();
+    t.run().unwrap();
+    let ck = dir.path().join("checkpoints/step-000002");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "trainer_state.json", "trainer_state.safetensors"] {
+        assert!(ck.join(f).exists(), "{f} missing from the checkpoint");
+    }
+    let back = model::weights::load(&ck).unwrap().model;
+    let ids = vec![vec![5u32, 60, 7, 398, 399]];
+    let a = t.policy.forward_logits(&ids).unwrap();
+    let b = back.forward_logits(&ids).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(d, 0.0);
+}
+
+fn train_err(overrides: &[&str], run: &Path) -> String {
+    let cfg = tiny_config(overrides);
+    match Trainer::new(cfg, run, false) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    // empty corpus
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = train_err(&[&format!("data.path={:?}", empty.display().to_string())], &run);
+    assert!(e.contains("empty") || e.contains("no .txt or .jsonl"), "{e}");
+    // a JSONL line without `text`
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine line one two three four five six\"}\n{\"body\": \"x\"}\n").unwrap();
+    let e = train_err(&[&format!("data.path={:?}", bad.display().to_string())], &run);
+    assert!(e.contains("bad.jsonl:2") && e.contains("text"), "{e}");
+    // unreadable corpus path
+    let e = train_err(&["data.path=\"/nonexistent/corpus\""], &run);
+    assert!(e.contains("/nonexistent/corpus"), "{e}");
+    // a model without think tokens when adding them is forbidden
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-rlp").join(f), plain.join(f)).unwrap();
+    }
+    let tok = rlp::tokenizer::train_byte_level_bpe(["a b c d e f g"].iter(), 300, &["<|endoftext|>"]).unwrap();
+    tok.save(plain.join("tokenizer.json"), false).unwrap();
+    let e = train_err(&[&format!("model.path={:?}", plain.display().to_string()), "model.add_think_tokens=false"], &run);
+    assert!(e.contains("<think>") && e.contains("add_think_tokens"), "{e}");
+    assert!(!run.exists(), "a refused run must not create its run directory");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let e = format!("{:#}", TrainConfig::load(&path, &["rollout.gg=3".into()]).unwrap_err());
+    assert!(e.contains("gg"), "{e}");
+    let e = format!("{:#}", TrainConfig::load(&path, &["rollout.g=1".into()]).and_then(|c| c.validate().map(|_| c)).unwrap_err());
+    assert!(e.contains("rollout.g"), "{e}");
+}
