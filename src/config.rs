@@ -130,6 +130,8 @@ pub struct ObjectiveSection {
     /// rpt: train only this top fraction of positions by entropy, in (0, 1]. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpt_top_frac: Option<f64>,
+    /// rpt: tokens the model writes after `</think>` as its guess of the continuation. Default 1.
+    pub rpt_guess_tokens: usize,
     /// ntp: tokens per optimizer step (set it to match RLP's compute). Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ntp_tokens_per_step: Option<usize>,
@@ -286,6 +288,7 @@ impl Default for ObjectiveSection {
             minibatches: 1,
             rpt_entropy_threshold: None,
             rpt_top_frac: None,
+            rpt_guess_tokens: 1,
             ntp_tokens_per_step: None,
             ntp_no_cross_doc_attention: true,
         }
@@ -410,6 +413,7 @@ impl TrainConfig {
         if let Some(f) = o.rpt_top_frac {
             out.require(f > 0.0 && f <= 1.0, "objective.rpt_top_frac", f, "must be in (0, 1]");
         }
+        out.require(o.rpt_guess_tokens >= 1, "objective.rpt_guess_tokens", o.rpt_guess_tokens, "must be at least 1");
         if let Some(n) = o.ntp_tokens_per_step {
             out.require(n >= 1, "objective.ntp_tokens_per_step", n, "must be at least 1 when set");
         }
@@ -428,7 +432,7 @@ impl TrainConfig {
             let n = self.sequences_per_update();
             let rule = format!(
                 "must divide the {n} sequences of each optimizer update \
-                 (data.contexts_per_step × rollout.g / objective.minibatches)"
+                 (data.contexts_per_step × rollout.g / objective.minibatches; for ntp the packed windows per step)"
             );
             out.require(m >= 1 && m <= n && n % m == 0, "train.micro_batch", m, &rule);
         }
@@ -437,9 +441,23 @@ impl TrainConfig {
         out.0
     }
 
-    /// Sequences (context × thought) that go into one optimizer update: B·G / minibatches.
+    /// Sequences that go into one optimizer update: B·G / minibatches (context × thought) for
+    /// rlp and rpt, the packed windows of a step for ntp.
     fn sequences_per_update(&self) -> usize {
-        self.data.contexts_per_step * self.rollout.g / self.objective.minibatches.max(1)
+        match self.objective.name {
+            ObjectiveName::Ntp => self.ntp_windows_per_step(),
+            _ => self.data.contexts_per_step * self.rollout.g / self.objective.minibatches.max(1),
+        }
+    }
+
+    /// ntp: tokens trained per step, `objective.ntp_tokens_per_step` or B × max_context.
+    pub fn ntp_tokens_per_step(&self) -> usize {
+        self.objective.ntp_tokens_per_step.unwrap_or(self.data.contexts_per_step * self.data.max_context)
+    }
+
+    /// ntp: windows of `data.max_context` tokens per step (the last one may be partly used).
+    pub fn ntp_windows_per_step(&self) -> usize {
+        self.ntp_tokens_per_step().div_ceil(self.data.max_context.max(1))
     }
 
     /// What one step costs, for printing at start. Meaningful once [`validate`](Self::validate) passed.

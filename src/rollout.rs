@@ -25,6 +25,9 @@ pub struct RolloutParams {
     pub banned: Vec<u32>,
     /// Tokens between `</think>` and the scored token (often empty).
     pub separator: Vec<u32>,
+    /// RPT: tokens the model samples after `</think>` + separator as its guess of the
+    /// continuation (0 for RLP).
+    pub guess_tokens: usize,
 }
 
 impl RolloutParams {
@@ -36,9 +39,27 @@ impl RolloutParams {
         }
         b
     }
+
+    /// Tokens banned in an RPT guess: the think markers.
+    pub fn banned_in_guess(&self) -> Vec<u32> {
+        vec![self.think_id, self.end_think_id]
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The sampling RNG of one context: a pure function of (seed, step, global context index), so
+/// rollouts do not depend on batch composition, micro-batching or the number of ranks, and need
+/// no state in a checkpoint.
+pub fn context_rng(seed: u64, step: u64, context: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&step.to_le_bytes());
+    key[16..24].copy_from_slice(&context.to_le_bytes());
+    key[24..].copy_from_slice(b"rollout\0");
+    ChaCha8Rng::from_seed(key)
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Thought {
     /// Thought tokens c, without `<think>` and `</think>`.
     pub ids: Vec<u32>,
@@ -49,6 +70,9 @@ pub struct Thought {
     pub closed: bool,
     /// S_pred = log p_θ(x_t | prefix, <think>, c, </think>, sep), untempered.
     pub s_pred: f32,
+    /// RPT guess: tokens sampled after `</think>` + separator, and their behaviour log-probs.
+    pub guess: Vec<u32>,
+    pub guess_logp_old: Vec<f32>,
 }
 
 impl Thought {
@@ -69,17 +93,23 @@ struct Row {
     thought: Thought,
     /// Tokens still to feed after the thought ended (`</think>`, then the separator).
     closing: Option<std::collections::VecDeque<u32>>,
+    /// S_pred has been read; the row is sampling its RPT guess.
+    guessing: bool,
 }
 
-/// Sample G thoughts for each prompt and score each one. `model` should be a detached view.
-/// Returns thoughts grouped by context: result[b][i].
-pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<Thought>>> {
+/// Sample G thoughts for each prompt and score each one. `model` should be a detached view;
+/// `rngs[b]` drives every draw of prompt b's G rollouts. Returns thoughts grouped by context:
+/// result[b][i].
+pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rngs: &mut [ChaCha8Rng]) -> Result<Vec<Vec<Thought>>> {
     if p.g == 0 || p.budget == 0 {
         bail!("rollouts need g ≥ 1 and a thought budget ≥ 1");
     }
+    if rngs.len() != prompts.len() {
+        bail!("{} RNGs for {} prompts", rngs.len(), prompts.len());
+    }
     let seqs: Vec<Vec<u32>> = prompts.iter().map(|c| [c.prefix, &[p.think_id]].concat()).collect();
     let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    let cap = longest + p.budget + 1 + p.separator.len();
+    let cap = longest + p.budget + 1 + p.separator.len() + p.guess_tokens;
     let (logits, cache) = model.prefill(&seqs, cap)?;
     // Duplicate each context's row G times: rows b*G .. b*G+G-1 belong to context b.
     let dup: Vec<u32> = (0..prompts.len()).flat_map(|b| std::iter::repeat(b as u32).take(p.g)).collect();
@@ -90,7 +120,7 @@ pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng
     };
     let mut rows: Vec<Row> = dup
         .iter()
-        .map(|&b| Row { context: b as usize, thought: Thought { ids: vec![], logp_old: vec![], closed: false, s_pred: 0.0 }, closing: None })
+        .map(|&b| Row { context: b as usize, thought: Thought::default(), closing: None, guessing: false })
         .collect();
     let mut done: Vec<Option<Thought>> = vec![None; rows.len()];
     let mut slot: Vec<usize> = (0..rows.len()).collect(); // active row -> output slot
@@ -98,26 +128,36 @@ pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng
         let mut feed = Vec::with_capacity(rows.len());
         let mut keep = Vec::with_capacity(rows.len());
         for (r, row) in rows.iter_mut().enumerate() {
-            if let Some(queue) = &mut row.closing {
-                match queue.pop_front() {
-                    Some(tok) => {
+            if row.guessing || row.closing.as_ref().is_some_and(|q| q.is_empty()) {
+                if !row.guessing {
+                    // logits follow `</think>` + separator: score the true next token
+                    let target = prompts[row.context].target as usize;
+                    row.thought.s_pred = tempered_logprobs(&logits[r], 1.0, &[])[target] as f32;
+                    row.guessing = true;
+                }
+                if row.thought.guess.len() < p.guess_tokens {
+                    let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_in_guess(), &mut rngs[row.context]);
+                    row.thought.guess.push(tok);
+                    row.thought.guess_logp_old.push(lp);
+                    if row.thought.guess.len() < p.guess_tokens {
                         feed.push(tok);
                         keep.push(r);
-                    }
-                    None => {
-                        // logits follow `</think>` + separator: score the true next token
-                        let target = prompts[row.context].target as usize;
-                        row.thought.s_pred = tempered_logprobs(&logits[r], 1.0, &[])[target] as f32;
-                        done[slot[r]] = Some(std::mem::replace(&mut row.thought, Thought { ids: vec![], logp_old: vec![], closed: false, s_pred: 0.0 }));
+                        continue;
                     }
                 }
+                done[slot[r]] = Some(std::mem::take(&mut row.thought));
+                continue;
+            }
+            if let Some(queue) = &mut row.closing {
+                feed.push(queue.pop_front().unwrap());
+                keep.push(r);
                 continue;
             }
             let u = row.thought.ids.len();
             let tok = if u == p.budget {
                 p.end_think_id // forced: no behaviour log-prob, no gradient
             } else {
-                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), rng);
+                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), &mut rngs[row.context]);
                 row.thought.logp_old.push(lp);
                 tok
             };

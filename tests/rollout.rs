@@ -21,6 +21,7 @@ fn params(end_think_id: u32, budget: usize, temperature: f32) -> RolloutParams {
         end_think_id,
         banned: vec![2, 510],
         separator: vec![],
+        guess_tokens: 0,
     }
 }
 
@@ -46,8 +47,9 @@ fn thoughts_respect_budget_masks_and_score_like_the_full_forward() {
     p.separator = vec![13];
     let prefixes = [vec![7u32, 8, 9], vec![100, 200, 300, 400, 500]];
     let prompts: Vec<Prompt> = prefixes.iter().map(|x| Prompt { prefix: x, target: 42 }).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let out = sample_thoughts(&m, &prompts, &p, &mut rng).unwrap();
+    let rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut rngs = vec![rng.clone(), rng];
+    let out = sample_thoughts(&m, &prompts, &p, &mut rngs).unwrap();
     assert_eq!(out.len(), 2);
     let (mut closed, mut forced) = (0, 0);
     for (b, group) in out.iter().enumerate() {
@@ -81,7 +83,7 @@ fn rollouts_are_reproducible_for_a_seed() {
     let prefix = vec![1u32, 2, 3, 4];
     let prompts = [Prompt { prefix: &prefix, target: 5 }];
     let p = params(511, 5, 0.7);
-    let run = |seed| sample_thoughts(&m, &prompts, &p, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap();
+    let run = |seed| sample_thoughts(&m, &prompts, &p, &mut [rand_chacha::ChaCha8Rng::seed_from_u64(seed)]).unwrap();
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
 }

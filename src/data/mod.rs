@@ -1,4 +1,5 @@
 //! Corpus readers and position samplers.
 
 pub mod corpus;
+pub mod packer;
 pub mod sampler;

@@ -4,5 +4,6 @@ pub mod checkpoint;
 pub mod ema;
 pub mod optim;
 pub mod policy;
+pub mod ntp;
 pub mod schedule;
 pub mod trainer;

@@ -1,4 +1,4 @@
-//! The policy's log-probabilities of sampled thought tokens, with gradient: one forward over
+//! The policy's log-probabilities of sampled thought tokens (and RPT guess tokens), with gradient: one forward over
 //! `prefix + <think> + thought`, logits only at thought positions.
 //!
 //! The distribution is the sampler's: logits / temperature, with the rollout's banned tokens
@@ -9,7 +9,7 @@
 use crate::model::{AttnLayout, Model};
 use crate::rollout::{RolloutParams, Thought};
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// One thought to score: its context's prefix and the thought.
 pub struct ThoughtRow<'a> {
@@ -31,48 +31,90 @@ pub struct ThoughtLogprobs {
     pub forward_tokens: usize,
 }
 
-/// Tokens of a thought that carry the policy gradient: the sampled ones, plus a forced
-/// `</think>` when `grad_on_forced_end`.
-pub fn grad_len(t: &Thought, grad_on_forced_end: bool) -> usize {
-    t.sampled_len() + usize::from(!t.closed && grad_on_forced_end)
+/// Which distribution a trained token was drawn from (see the module docs).
+#[derive(Clone, Copy, PartialEq)]
+enum Ban {
+    /// First thought token: the rollout's banned tokens and `</think>`.
+    FirstThought,
+    /// Later thought tokens and a sampled `</think>`: the rollout's banned tokens.
+    Thought,
+    /// RPT guess tokens: only the think markers.
+    Guess,
+}
+
+/// One token that carries the policy gradient: its offset after `<think>`, its id, where it
+/// was drawn from, and its behaviour log-prob (None: forced, use the current value).
+struct Trained {
+    offset: usize,
+    token: u32,
+    ban: Ban,
+    logp_old: Option<f32>,
+}
+
+/// The tokens of a rollout that carry the policy gradient: the sampled thought tokens, a
+/// sampled `</think>` (a forced one only with `grad_on_forced_end`), and RPT guess tokens.
+/// Completion after `<think>`: thought, `</think>`, separator, guess.
+fn trained_tokens(t: &Thought, p: &RolloutParams, grad_on_forced_end: bool) -> Vec<Trained> {
+    let mut out = Vec::with_capacity(t.ids.len() + 1 + t.guess.len());
+    for (u, &tok) in t.ids.iter().enumerate() {
+        let ban = if u == 0 { Ban::FirstThought } else { Ban::Thought };
+        out.push(Trained { offset: u, token: tok, ban, logp_old: Some(t.logp_old[u]) });
+    }
+    if t.closed || grad_on_forced_end {
+        out.push(Trained { offset: t.ids.len(), token: p.end_think_id, ban: Ban::Thought, logp_old: t.logp_old.get(t.ids.len()).copied().filter(|_| t.closed) });
+    }
+    let guess_start = t.ids.len() + 1 + p.separator.len();
+    for (j, (&tok, &lp)) in t.guess.iter().zip(&t.guess_logp_old).enumerate() {
+        out.push(Trained { offset: guess_start + j, token: tok, ban: Ban::Guess, logp_old: Some(lp) });
+    }
+    out
+}
+
+/// Number of tokens of a rollout that carry the policy gradient.
+pub fn grad_len(t: &Thought, p: &RolloutParams, grad_on_forced_end: bool) -> usize {
+    trained_tokens(t, p, grad_on_forced_end).len()
 }
 
 pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtLogprobs> {
-    let dev = Device::Cpu;
+    let dev = model.embed.device().clone();
     let n = rows.len();
-    let lens: Vec<usize> = rows.iter().map(|r| grad_len(r.thought, grad_on_forced_end)).collect();
-    let u_max = lens.iter().copied().max().unwrap_or(0).max(1);
-    // Input row: prefix, <think>, thought tokens up to the last one whose successor is scored.
+    let trained: Vec<Vec<Trained>> = rows.iter().map(|r| trained_tokens(r.thought, p, grad_on_forced_end)).collect();
+    let u_max = trained.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+    // Input row: prefix, <think>, then the completion up to the token before the last trained one.
     let seqs: Vec<Vec<u32>> = rows
         .iter()
-        .zip(&lens)
-        .map(|(r, &l)| {
-            let mut s = Vec::with_capacity(r.prefix.len() + 1 + l);
+        .zip(&trained)
+        .map(|(r, tr)| {
+            let completion: Vec<u32> = r.thought.ids.iter().copied().chain([p.end_think_id]).chain(p.separator.iter().copied()).chain(r.thought.guess.iter().copied()).collect();
+            let upto = tr.last().map_or(0, |t| t.offset);
+            let mut s = Vec::with_capacity(r.prefix.len() + 1 + upto);
             s.extend_from_slice(r.prefix);
             s.push(p.think_id);
-            s.extend_from_slice(&r.thought.ids[..l.saturating_sub(1).min(r.thought.ids.len())]);
+            s.extend_from_slice(&completion[..upto]);
             s
         })
         .collect();
     let t_max = seqs.iter().map(|s| s.len()).max().unwrap();
     let (ids, seq_lens, _) = crate::model::transformer::pad_right(&seqs, &dev)?;
     let hidden = model.forward_hidden(&ids, &AttnLayout::right_padded(&seq_lens, t_max), None)?; // [N, T, D]
-    // Gather the hidden state that predicts each thought token: row r, position |prefix| + u.
+    // Gather the hidden state that predicts each trained token: row r, position |prefix| + offset.
     let mut rows_idx = Vec::new();
     let mut targets = Vec::new();
-    let mut first = Vec::new(); // 1.0 where u == 0 (`</think>` banned there)
+    let mut weights = [Vec::new(), Vec::new(), Vec::new()]; // per Ban kind: 1.0 where it applies
     let mut slot = vec![0u32; n * u_max]; // [N, U] -> index into the gathered tokens (M = padding)
-    for (r, (row, &l)) in rows.iter().zip(&lens).enumerate() {
-        for u in 0..l {
+    for (r, (row, tr)) in rows.iter().zip(&trained).enumerate() {
+        for (u, t) in tr.iter().enumerate() {
             slot[r * u_max + u] = rows_idx.len() as u32;
-            rows_idx.push((r * t_max + row.prefix.len() + u) as u32);
-            targets.push(if u < row.thought.ids.len() { row.thought.ids[u] } else { p.end_think_id });
-            first.push(if u == 0 { 1f32 } else { 0.0 });
+            rows_idx.push((r * t_max + row.prefix.len() + t.offset) as u32);
+            targets.push(t.token);
+            for (k, w) in weights.iter_mut().enumerate() {
+                w.push(if t.ban as usize == k { 1f32 } else { 0.0 });
+            }
         }
     }
     let m = rows_idx.len();
-    for (r, &l) in lens.iter().enumerate() {
-        for u in l..u_max {
+    for (r, tr) in trained.iter().enumerate() {
+        for u in tr.len()..u_max {
             slot[r * u_max + u] = m as u32;
         }
     }
@@ -82,25 +124,25 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
     let lp_all = candle_nn::ops::log_softmax(&z, D::Minus1)?; // [M, V]
     let targets_t = Tensor::new(targets.as_slice(), &dev)?;
     let lp_tok = lp_all.gather(&targets_t.unsqueeze(1)?, 1)?.squeeze(1)?; // [M]
+    // Probability mass each token's sampling distribution removed (see the module docs).
     let vocab = model.cfg.vocab_size as u32;
     let banned: Vec<u32> = p.banned.iter().copied().filter(|&b| b < vocab).collect();
-    let mut removed = Tensor::zeros(m, candle_core::DType::F32, &dev)?;
-    if !banned.is_empty() {
-        removed = lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)?; // [M]
-    }
-    let end_col = lp_all.narrow(1, p.end_think_id as usize, 1)?.squeeze(1)?.exp()?; // [M]
-    let removed = (removed + (end_col * Tensor::new(first.as_slice(), &dev)?)?)?;
+    let col = |id: u32| -> Result<Tensor> { Ok(lp_all.narrow(1, id as usize, 1)?.squeeze(1)?.exp()?) }; // [M]
+    let banned_mass = if banned.is_empty() { Tensor::zeros(m, DType::F32, &dev)? } else { lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)? };
+    let (end_p, think_p) = (col(p.end_think_id)?, col(p.think_id)?);
+    let w = |k: usize| Tensor::new(weights[k].as_slice(), &dev);
+    let removed = ((((&banned_mass + &end_p)? * w(Ban::FirstThought as usize)?)? + (&banned_mass * w(Ban::Thought as usize)?)?)? + ((think_p + end_p)? * w(Ban::Guess as usize)?)?)?;
     let lp_tok = (lp_tok - (1.0 - removed)?.log()?)?; // [M]
     let entropy_sum = (lp_all.detach().exp()? * lp_all.detach())?.sum_all()?.neg()?.to_scalar::<f32>()? as f64;
-    let padded = Tensor::cat(&[&lp_tok, &Tensor::zeros(1, candle_core::DType::F32, &dev)?], 0)?;
+    let padded = Tensor::cat(&[&lp_tok, &Tensor::zeros(1, DType::F32, &dev)?], 0)?;
     let logp = padded.index_select(&Tensor::new(slot.as_slice(), &dev)?, 0)?.reshape((n, u_max))?; // [N, U]
     let mut mask = vec![0f32; n * u_max];
     let mut old = vec![0f32; n * u_max];
     let now = lp_tok.detach().to_vec1::<f32>()?;
-    for (r, (row, &l)) in rows.iter().zip(&lens).enumerate() {
-        for u in 0..l {
+    for (r, tr) in trained.iter().enumerate() {
+        for (u, t) in tr.iter().enumerate() {
             mask[r * u_max + u] = 1.0;
-            old[r * u_max + u] = row.thought.logp_old.get(u).copied().unwrap_or(now[slot[r * u_max + u] as usize]);
+            old[r * u_max + u] = t.logp_old.unwrap_or(now[slot[r * u_max + u] as usize]);
         }
     }
     Ok(ThoughtLogprobs {

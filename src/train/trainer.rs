@@ -1,10 +1,12 @@
-//! `rlp train`: the RLP loop, read top to bottom.
+//! `rlp train`: the training loop, read top to bottom.
 //!
+//! RLP and RPT (rollout objectives):
 //! ```text
 //! contexts ─▶ rollouts (θ, shared prefix KV) ─▶ S_pred per thought, S_ema per context (φ)
-//!   ─▶ rewards ─▶ advantages ─▶ clipped surrogate on thought tokens (micro-batched)
+//!   ─▶ rewards (info gain | RPT prefix match) ─▶ advantages ─▶ clipped surrogate (micro-batched)
 //!   ─▶ clip grad norm ─▶ AdamW ─▶ EMA ─▶ metrics, samples, checkpoint
 //! ```
+//! NTP (the CPT baseline): packed windows ─▶ next-token loss ─▶ the same update (`ntp.rs`).
 
 use super::checkpoint;
 use super::ema::EmaTeacher;
@@ -13,32 +15,42 @@ use super::policy::{thought_logprobs, ThoughtRow};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::config::{Advantage, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
+use crate::data::packer::{Packer, PackerState};
 use crate::data::sampler::{Context, PositionSampler, SamplerState};
+use crate::flops::{self, ModelShape};
 use crate::model::{self, Model};
 use crate::objective::rlp::{clipped_surrogate, frac_zero_std_groups, group_advantages, group_reward_std, info_gain_rewards, kl_penalty, SurrogateStats};
-use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams, Thought};
+use crate::objective::rpt::{entropy_from_logits, prefix_match_reward, select_by_entropy, token_end_offsets};
+use crate::rollout::{context_rng, no_think_scores, sample_thoughts, Prompt, RolloutParams, Thought};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context as _, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use candle_core::{Tensor, Var};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Counters that accumulate over the whole run (saved in checkpoints).
+/// Counters that accumulate over the whole run (saved in checkpoints, logged every step).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
+    /// Corpus tokens the run consumed: prefixes and targets (rlp/rpt), packed windows (ntp).
     pub input_tokens: u64,
+    /// Tokens sampled by rollouts (thoughts, `</think>`, RPT guesses).
     pub generated_tokens: u64,
+    /// Tokens through the training forward.
     pub trained_tokens: u64,
     pub flops_sample: f64,
     pub flops_score: f64,
     pub flops_train: f64,
+}
+
+impl Totals {
+    pub fn flops_total(&self) -> f64 {
+        self.flops_sample + self.flops_score + self.flops_train
+    }
 }
 
 pub struct Trainer {
@@ -47,28 +59,19 @@ pub struct Trainer {
     pub tok: Tok,
     pub policy: Model,
     pub vars: Vec<(String, Var)>,
-    opt: AdamW,
-    ema: EmaTeacher,
-    schedule: LrSchedule,
+    pub(crate) opt: AdamW,
+    pub(crate) ema: EmaTeacher,
+    pub(crate) schedule: LrSchedule,
     pub data: TokenizedCorpus,
-    sampler: PositionSampler,
-    rng: ChaCha8Rng,
-    rollout: RolloutParams,
+    pub(crate) sampler: PositionSampler,
+    pub(crate) packer: Packer,
+    pub(crate) rollout: RolloutParams,
+    pub(crate) shape: ModelShape,
     pub step: u64,
-    nonfinite_streak: usize,
+    pub(crate) nonfinite_streak: usize,
     pub totals: Totals,
-}
-
-/// The summed gradient of one optimizer step and what to log about it.
-pub struct PolicyGradient {
-    pub grads: GradStore,
-    pub loss: f64,
-    pub stats: SurrogateStats,
-    /// Mean entropy (nats) of the tempered policy at thought positions.
-    pub entropy: f64,
-    pub forward_tokens: usize,
-    /// Mean k3 KL to the EMA teacher per token (0 when `kl_coef` = 0).
-    pub kl: f64,
+    pub(crate) started: Instant,
+    pub(crate) start_step: u64,
 }
 
 /// Everything sampled and scored for one rollout batch.
@@ -83,14 +86,31 @@ pub struct RolloutBatch {
     pub score_s: f64,
 }
 
+/// The summed gradient of one optimizer step and what to log about it.
+pub struct PolicyGradient {
+    pub grads: GradStore,
+    pub loss: f64,
+    pub stats: SurrogateStats,
+    /// Mean entropy (nats) of the tempered policy at trained positions.
+    pub entropy: f64,
+    pub forward_tokens: usize,
+    /// Mean k3 KL to the EMA teacher per token (0 when `kl_coef` = 0).
+    pub kl: f64,
+}
+
+/// What the shared update tail reports.
+pub(crate) struct Update {
+    pub lr: f64,
+    pub grad_norm: Option<f32>,
+    pub skipped: bool,
+    pub optim_s: f64,
+}
+
 impl Trainer {
     /// Load the model, tokenizer and corpus, prepare the run directory, and resume from its
-    /// newest checkpoint when `resume` is set.
+    /// newest checkpoint when `resume` is set. Nothing is written before every input is valid.
     pub fn new(cfg: TrainConfig, run: &Path, resume: bool) -> Result<Trainer> {
         cfg.validate()?;
-        if cfg.objective.name != ObjectiveName::Rlp {
-            bail!("objective.name = {:?} is not implemented yet; use \"rlp\"", cfg.objective.name);
-        }
         let existing = checkpoint::list(run)?;
         if !resume && (!existing.is_empty() || run.join("metrics.jsonl").exists()) {
             bail!("run directory {} already holds a run: pass --resume to continue it, or choose another --out", run.display());
@@ -105,6 +125,9 @@ impl Trainer {
         let corpus = Corpus::open(&cfg.data.path, &cfg.data.text_field)?;
         let data = TokenizedCorpus::build(&corpus, |t| tok.encode(t), cfg.data.min_prefix + 1, cfg.data.heldout_docs)?;
         let sampler = PositionSampler::new(data.train.len(), cfg.train.seed, cfg.data.positions_per_doc, cfg.data.min_prefix, cfg.data.max_context, cfg.data.fixed_contexts)?;
+        let eos = tok.eos_ids.first().copied().context("the tokenizer has no end-of-text token (<|endoftext|>, </s>, ...): ntp packing needs one")?;
+        let packer = Packer::new(data.train.len(), cfg.train.seed, eos)?;
+        let shape = ModelShape::from_config(&policy.cfg);
         let (policy, vars) = policy.into_vars()?;
         let o = &cfg.optim;
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay })?;
@@ -132,9 +155,8 @@ impl Trainer {
             end_think_id: tok.end_think_id,
             banned,
             separator: if r.separator.is_empty() { vec![] } else { tok.encode(&r.separator)? },
+            guess_tokens: if cfg.objective.name == ObjectiveName::Rpt { cfg.objective.rpt_guess_tokens } else { 0 },
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-        rng.set_stream(1); // rollouts; the position sampler uses its own streams
         let mut t = Trainer {
             cfg,
             run: run.to_path_buf(),
@@ -146,11 +168,14 @@ impl Trainer {
             schedule,
             data,
             sampler,
-            rng,
+            packer,
             rollout,
+            shape,
             step: 0,
             nonfinite_streak: 0,
             totals: Totals::default(),
+            started: Instant::now(),
+            start_step: 0,
         };
         std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
         checkpoint::remove_partial(run)?;
@@ -165,61 +190,146 @@ impl Trainer {
         Ok(t)
     }
 
-    fn var_list(&self) -> Vec<Var> {
+    pub(crate) fn var_list(&self) -> Vec<Var> {
         self.vars.iter().map(|(_, v)| v.clone()).collect()
     }
 
-    /// The EMA teacher as a model (detached), initialised from θ if needed.
+    /// The EMA teacher φ as a model (detached). Initialised from θ on first use.
     fn teacher(&mut self) -> Result<Model> {
         if !self.ema.is_initialized() {
             self.ema.init_from(&self.var_list())?;
         }
-        let phi = self.ema.params().unwrap();
+        self.ema_model()
+    }
+
+    fn ema_model(&self) -> Result<Model> {
+        let phi = self.ema.params().context("EMA teacher not initialised")?;
         let map: HashMap<String, Tensor> = self.vars.iter().map(|(n, _)| n.clone()).zip(phi.iter().cloned()).collect();
         Model::from_tensors(self.policy.cfg.clone(), map, "EMA teacher")
     }
 
+    /// B contexts for a rollout batch. For RPT, candidates are kept only when the model's own
+    /// no-think next-token entropy passes `objective.rpt_entropy_threshold` (or is in the top
+    /// `objective.rpt_top_frac` of its document's positions); candidates are drawn until B pass.
+    fn draw_contexts(&mut self) -> Result<Vec<Context>> {
+        let b = self.cfg.data.contexts_per_step;
+        let o = &self.cfg.objective;
+        let (threshold, top_frac) = (o.rpt_entropy_threshold.map(|x| x as f32), o.rpt_top_frac.map(|x| x as f32));
+        if o.name != ObjectiveName::Rpt || (threshold.is_none() && top_frac.is_none()) {
+            return self.sampler.next_batch(&self.data, b);
+        }
+        let model = self.policy.detached()?;
+        let mut kept = Vec::with_capacity(b);
+        for _round in 0..64 {
+            let candidates = self.sampler.next_batch(&self.data, b)?;
+            let seqs: Vec<Vec<u32>> = candidates.iter().map(|c| c.prefix.clone()).collect();
+            let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+            let (logits, _) = model.prefill(&seqs, cap)?;
+            let entropy: Vec<f32> = logits.to_vec2::<f32>()?.iter().map(|l| entropy_from_logits(l)).collect();
+            // top_frac is per document: group the candidates by document
+            let mut by_doc: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (i, c) in candidates.iter().enumerate() {
+                match by_doc.iter_mut().find(|(d, _)| *d == c.doc) {
+                    Some((_, v)) => v.push(i),
+                    None => by_doc.push((c.doc, vec![i])),
+                }
+            }
+            for (_, members) in by_doc {
+                let ent: Vec<f32> = members.iter().map(|&i| entropy[i]).collect();
+                for j in select_by_entropy(&ent, threshold, top_frac) {
+                    if kept.len() < b {
+                        kept.push(candidates[members[j]].clone());
+                    }
+                }
+            }
+            if kept.len() == b {
+                return Ok(kept);
+            }
+        }
+        bail!("the RPT entropy filter kept only {} of {b} contexts after 64 rounds of candidates: lower objective.rpt_entropy_threshold or raise objective.rpt_top_frac", kept.len())
+    }
+
+    /// RPT reward of each rollout: 1 when the guessed bytes are a prefix of the true
+    /// continuation that ends on a true token boundary.
+    fn rpt_rewards(&self, contexts: &[Context], thoughts: &[Vec<Thought>]) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for (c, group) in contexts.iter().zip(thoughts) {
+            let doc = self.data.train.tokens(c.doc);
+            let window = &doc[c.pos..doc.len().min(c.pos + 4 * self.rollout.guess_tokens.max(1) + 4)];
+            let pieces: Vec<Vec<u8>> = window.iter().map(|&id| self.tok.token_bytes(id).unwrap_or_default()).collect();
+            let continuation: Vec<u8> = pieces.concat();
+            let boundaries = token_end_offsets(&pieces.iter().map(|p| p.len()).collect::<Vec<_>>());
+            for t in group {
+                let guess: Vec<u8> = t.guess.iter().flat_map(|&id| self.tok.token_bytes(id).unwrap_or_default()).collect();
+                out.push(prefix_match_reward(&guess, &continuation, &boundaries));
+            }
+        }
+        Ok(out)
+    }
+
     /// Sample and score one rollout batch of B contexts.
     pub fn rollout_batch(&mut self) -> Result<RolloutBatch> {
-        let b = self.cfg.data.contexts_per_step;
-        let contexts = self.sampler.next_batch(&self.data, b)?;
+        let contexts = self.draw_contexts()?;
         let prompts: Vec<Prompt> = contexts.iter().map(|c| Prompt { prefix: &c.prefix, target: c.target }).collect();
         let t0 = Instant::now();
         let sampler_model = self.policy.detached()?;
-        let thoughts = sample_thoughts(&sampler_model, &prompts, &self.rollout, &mut self.rng)?;
+        let seed = self.cfg.train.seed;
+        let mut rngs: Vec<_> = (0..prompts.len()).map(|i| context_rng(seed, self.step, i as u64)).collect();
+        let thoughts = sample_thoughts(&sampler_model, &prompts, &self.rollout, &mut rngs)?;
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let teacher = self.teacher()?;
         let s_ema = no_think_scores(&teacher, &prompts)?;
         let score_s = t1.elapsed().as_secs_f64();
         let g = self.rollout.g;
-        let mut rewards = Vec::with_capacity(b * g);
-        for (group, &se) in thoughts.iter().zip(&s_ema) {
-            let s_pred: Vec<f32> = group.iter().map(|t| t.s_pred).collect();
-            rewards.extend(info_gain_rewards(&s_pred, se));
-        }
+        let rewards = if self.cfg.objective.name == ObjectiveName::Rpt {
+            self.rpt_rewards(&contexts, &thoughts)?
+        } else {
+            let mut r = Vec::with_capacity(contexts.len() * g);
+            for (group, &se) in thoughts.iter().zip(&s_ema) {
+                let s_pred: Vec<f32> = group.iter().map(|t| t.s_pred).collect();
+                r.extend(info_gain_rewards(&s_pred, se));
+            }
+            r
+        };
         let advantages = group_advantages(&rewards, g, self.cfg.objective.advantage == Advantage::Grpo)?;
         let group_std = group_reward_std(&rewards, g)?;
-        self.totals.input_tokens += contexts.iter().map(|c| c.prefix.len() as u64 + 1).sum::<u64>();
-        self.totals.generated_tokens += thoughts.iter().flatten().map(|t| t.ids.len() as u64 + 1).sum::<u64>();
+        self.count_rollout_compute(&contexts, &thoughts);
         Ok(RolloutBatch { contexts, thoughts, s_ema, rewards, advantages, group_std, sample_s, score_s })
+    }
+
+    /// Tokens and FLOPs of sampling and scoring one rollout batch (`flops.rs` conventions).
+    fn count_rollout_compute(&mut self, contexts: &[Context], thoughts: &[Vec<Thought>]) {
+        let sep = self.rollout.separator.len() as u64;
+        for (c, group) in contexts.iter().zip(thoughts) {
+            let p = c.prefix.len() as u64 + 1; // prefix + <think>
+            self.totals.input_tokens += c.prefix.len() as u64 + 1;
+            self.totals.flops_sample += flops::prefill_flops(&self.shape, p);
+            for t in group {
+                // sampled: thought, </think>, guess; fed after the prefill: all but the last
+                let generated = t.ids.len() as u64 + 1 + t.guess.len() as u64;
+                self.totals.generated_tokens += generated;
+                self.totals.flops_sample += flops::decode_flops(&self.shape, p, generated + sep);
+                self.totals.flops_score += flops::score_flops(&self.shape, p + t.ids.len() as u64 + sep, 1);
+            }
+            self.totals.flops_score += flops::score_flops(&self.shape, 0, c.prefix.len() as u64);
+        }
     }
 
     /// Gradient of the clipped surrogate over the thoughts `idx` (flat b*G+i indices) of `batch`,
     /// normalised by `total_thoughts`, accumulated over micro-batches of `micro` thoughts.
     pub fn policy_gradient(&self, batch: &RolloutBatch, idx: &[usize], total_thoughts: usize, micro: usize) -> Result<PolicyGradient> {
         let g = self.rollout.g;
-        let micro = micro.max(1);
         let obj = &self.cfg.objective;
         let teacher = if obj.kl_coef > 0.0 { Some(self.ema_model()?) } else { None };
-        let mut grads: Option<GradStore> = None;
+        let mut acc = GradAccumulator::default();
         let (mut loss_sum, mut entropy_sum, mut tokens, mut fwd_tokens, mut kl_sum) = (0f64, 0f64, 0usize, 0usize, 0f64);
         let mut stats = SurrogateStats::default();
-        for chunk in idx.chunks(micro) {
+        for chunk in idx.chunks(micro.max(1)) {
             let rows: Vec<ThoughtRow> = chunk.iter().map(|&k| ThoughtRow { prefix: &batch.contexts[k / g].prefix, thought: &batch.thoughts[k / g][k % g] }).collect();
             let lp = thought_logprobs(&self.policy, &rows, &self.rollout, self.cfg.rollout.grad_on_forced_end)?;
             let adv: Vec<f32> = chunk.iter().map(|&k| batch.advantages[k]).collect();
-            let adv = Tensor::new(adv.as_slice(), &Device::Cpu)?;
+            let adv = Tensor::new(adv.as_slice(), self.policy.embed.device())?;
             let (mut loss, st) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, obj.eps_low, obj.eps_high, total_thoughts)?;
             if let Some(teacher) = &teacher {
                 let reference = thought_logprobs(teacher, &rows, &self.rollout, self.cfg.rollout.grad_on_forced_end)?;
@@ -232,130 +342,142 @@ impl Trainer {
             entropy_sum += lp.entropy_sum;
             tokens += lp.n_tokens;
             fwd_tokens += lp.forward_tokens;
-            let g_new = loss.backward()?;
-            grads = Some(match grads {
-                None => g_new,
-                Some(mut acc) => {
-                    for (_, v) in &self.vars {
-                        if let Some(x) = g_new.get(v.as_tensor()) {
-                            let sum = match acc.get(v.as_tensor()) {
-                                Some(a) => (a + x)?,
-                                None => x.clone(),
-                            };
-                            acc.insert(v.as_tensor(), sum);
-                        }
-                    }
-                    acc
-                }
-            });
+            acc.add(loss.backward()?, &self.vars)?;
         }
-        let entropy = if tokens > 0 { entropy_sum / tokens as f64 } else { 0.0 };
-        let kl = if tokens > 0 { kl_sum / tokens as f64 } else { 0.0 };
-        Ok(PolicyGradient { grads: grads.context("no thoughts to train on")?, loss: loss_sum, stats, entropy, forward_tokens: fwd_tokens, kl })
+        let per_token = |x: f64| if tokens > 0 { x / tokens as f64 } else { 0.0 };
+        Ok(PolicyGradient { grads: acc.finish()?, loss: loss_sum, stats, entropy: per_token(entropy_sum), forward_tokens: fwd_tokens, kl: per_token(kl_sum) })
     }
 
-    fn ema_model(&self) -> Result<Model> {
-        let phi = self.ema.params().context("EMA teacher not initialised")?;
-        let map: HashMap<String, Tensor> = self.vars.iter().map(|(n, _)| n.clone()).zip(phi.iter().cloned()).collect();
-        Model::from_tensors(self.policy.cfg.clone(), map, "EMA teacher")
+    /// Non-finite guard, grad-norm clipping, AdamW and (for rollout objectives) the EMA update.
+    /// `bad_batch` is written to the run directory when the run stops on repeated faults.
+    pub(crate) fn apply_update(&mut self, mut grads: GradStore, loss: f64, bad_batch: impl FnOnce() -> Value) -> Result<Update> {
+        let t0 = Instant::now();
+        let vars = self.var_list();
+        let lr = self.schedule.lr_at(self.step);
+        let nonfinite = !loss.is_finite() || grads_have_non_finite(&grads, &vars)?;
+        if nonfinite {
+            self.nonfinite_streak += 1;
+            eprintln!("warning: step {}: non-finite loss or gradient, step skipped ({} in a row)", self.step + 1, self.nonfinite_streak);
+            if self.nonfinite_streak > self.cfg.train.max_consecutive_nonfinite {
+                let p = self.run.join(format!("nonfinite-batch-step-{:06}.json", self.step + 1));
+                model::weights::write_json(&p, &bad_batch())?;
+                bail!("{} consecutive steps had a non-finite loss or gradient; the run stops here (the last checkpoint is intact) and the offending batch is saved in {}", self.nonfinite_streak, p.display());
+            }
+            return Ok(Update { lr, grad_norm: None, skipped: true, optim_s: t0.elapsed().as_secs_f64() });
+        }
+        self.nonfinite_streak = 0;
+        let grad_norm = clip_grad_norm(&mut grads, &vars, self.cfg.optim.grad_clip)?;
+        self.opt.step(&grads, lr)?;
+        if self.ema.is_initialized() {
+            self.ema.update(&vars, self.cfg.objective.ema_tau)?;
+        }
+        Ok(Update { lr, grad_norm: Some(grad_norm), skipped: false, optim_s: t0.elapsed().as_secs_f64() })
     }
 
     /// Run until `train.steps` optimizer steps are done.
     pub fn run(&mut self) -> Result<()> {
         println!("{}", self.cfg.batch_arithmetic());
         println!(
-            "model: {} ({} params), corpus: {} training docs, {} held out, {} skipped as too short",
+            "objective: {:?}; model: {} ({} params); corpus: {} training docs, {} held out, {} skipped as too short",
+            self.cfg.objective.name,
             self.cfg.model.path.display(),
             self.policy.cfg.num_params(),
             self.data.train.len(),
             self.data.heldout.len(),
             self.data.skipped_short
         );
-        let total = self.cfg.train.steps as u64;
-        let run_start = Instant::now();
-        let start_step = self.step;
-        let per_batch = (self.cfg.objective.ppo_epochs * self.cfg.objective.minibatches) as u64;
-        while self.step < total {
-            let batch = self.rollout_batch()?;
-            let b = batch.contexts.len();
-            let g = self.rollout.g;
-            let mb = self.cfg.objective.minibatches;
-            let mut done_in_batch = 0;
-            'epochs: for _epoch in 0..self.cfg.objective.ppo_epochs {
-                for m in 0..mb {
-                    if self.step >= total {
-                        break 'epochs;
-                    }
-                    let ctx_range = (m * b / mb)..((m + 1) * b / mb);
-                    let idx: Vec<usize> = ctx_range.flat_map(|c| (c * g)..(c * g + g)).collect();
-                    let t0 = Instant::now();
-                    let micro = self.cfg.train.micro_batch.unwrap_or(idx.len());
-                    let PolicyGradient { mut grads, loss, stats, entropy, forward_tokens: fwd_tokens, kl } = self.policy_gradient(&batch, &idx, idx.len(), micro)?;
-                    let train_s = t0.elapsed().as_secs_f64();
-                    let t1 = Instant::now();
-                    let vars = self.var_list();
-                    let nonfinite = !loss.is_finite() || grads_have_non_finite(&grads, &vars)?;
-                    let lr = self.schedule.lr_at(self.step);
-                    let grad_norm;
-                    if nonfinite {
-                        self.nonfinite_streak += 1;
-                        grad_norm = f32::NAN;
-                        eprintln!("warning: step {}: non-finite loss or gradient, step skipped ({} in a row)", self.step + 1, self.nonfinite_streak);
-                        if self.nonfinite_streak > self.cfg.train.max_consecutive_nonfinite {
-                            let p = self.save_bad_batch(&batch)?;
-                            bail!("{} consecutive steps had a non-finite loss or gradient; the last batch is saved in {}", self.nonfinite_streak, p.display());
-                        }
-                    } else {
-                        self.nonfinite_streak = 0;
-                        grad_norm = clip_grad_norm(&mut grads, &vars, self.cfg.optim.grad_clip)?;
-                        self.opt.step(&grads, lr)?;
-                        self.ema.update(&vars, self.cfg.objective.ema_tau)?;
-                    }
-                    let optim_s = t1.elapsed().as_secs_f64();
-                    self.step += 1;
-                    done_in_batch += 1;
-                    self.totals.trained_tokens += fwd_tokens as u64;
-                    let (sample_s, score_s) = if done_in_batch == 1 { (batch.sample_s, batch.score_s) } else { (0.0, 0.0) };
-                    let metrics = self.metrics(&batch, lr, loss, &stats, entropy, kl, grad_norm, nonfinite, fwd_tokens, sample_s, score_s, train_s, optim_s)?;
-                    self.append_jsonl("metrics.jsonl", &metrics)?;
-                    if self.cfg.logging.progress {
-                        let elapsed = run_start.elapsed().as_secs_f64();
-                        let eta = elapsed / (self.step - start_step) as f64 * (total - self.step) as f64;
-                        eprintln!(
-                            "step {}/{} | reward {:+.4} | s_pred {:.3} | loss {:+.4} | sample {:.0} tok/s | train {:.0} tok/s | {:.2}s | eta {:.0}s",
-                            self.step, total, metrics["reward_mean"].as_f64().unwrap_or(0.0), metrics["s_pred_mean"].as_f64().unwrap_or(0.0), loss,
-                            metrics["tokens_per_s_sample"].as_f64().unwrap_or(0.0), metrics["tokens_per_s_train"].as_f64().unwrap_or(0.0),
-                            metrics["step_s"].as_f64().unwrap_or(0.0), eta
-                        );
-                    }
-                }
+        self.started = Instant::now();
+        self.start_step = self.step;
+        while self.step < self.cfg.train.steps as u64 {
+            match self.cfg.objective.name {
+                ObjectiveName::Ntp => self.ntp_step()?,
+                ObjectiveName::Rlp | ObjectiveName::Rpt => self.rollout_steps()?,
             }
-            let every = self.cfg.logging.samples_every as u64;
-            if every > 0 && (self.step / per_batch.max(1)) % every.max(1) == 0 || self.step == per_batch.min(total) {
-                self.write_samples(&batch)?;
-            }
-            let ck = self.cfg.checkpoint.every as u64;
-            if self.step >= total || (ck > 0 && self.step % ck < per_batch && self.step >= ck) {
-                self.save_checkpoint()?;
-            }
+        }
+        if checkpoint::list(&self.run)?.last().map(|(s, _)| *s) != Some(self.step) {
+            self.save_checkpoint()?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn metrics(&self, batch: &RolloutBatch, lr: f64, loss: f64, st: &SurrogateStats, entropy: f64, kl: f64, grad_norm: f32, skipped: bool, fwd_tokens: usize, sample_s: f64, score_s: f64, train_s: f64, optim_s: f64) -> Result<Value> {
+    /// One rollout batch and its `ppo_epochs × minibatches` optimizer steps.
+    fn rollout_steps(&mut self) -> Result<()> {
+        let total = self.cfg.train.steps as u64;
+        let batch = self.rollout_batch()?;
+        let (b, g, mb) = (batch.contexts.len(), self.rollout.g, self.cfg.objective.minibatches);
+        let mut first = true;
+        'epochs: for _epoch in 0..self.cfg.objective.ppo_epochs {
+            for m in 0..mb {
+                if self.step >= total {
+                    break 'epochs;
+                }
+                let idx: Vec<usize> = ((m * b / mb)..((m + 1) * b / mb)).flat_map(|c| (c * g)..(c * g + g)).collect();
+                let t0 = Instant::now();
+                let micro = self.cfg.train.micro_batch.unwrap_or(idx.len());
+                let pg = self.policy_gradient(&batch, &idx, idx.len(), micro)?;
+                let train_s = t0.elapsed().as_secs_f64();
+                for &k in &idx {
+                    let (c, t) = (&batch.contexts[k / g], &batch.thoughts[k / g][k % g]);
+                    let seq = c.prefix.len() as u64 + t.ids.len() as u64 + 1 + t.guess.len() as u64;
+                    let trained = super::policy::grad_len(t, &self.rollout, self.cfg.rollout.grad_on_forced_end) as u64;
+                    self.totals.flops_train += 3.0 * flops::forward_flops(&self.shape, 0, seq, trained);
+                }
+                self.totals.trained_tokens += pg.forward_tokens as u64;
+                let upd = self.apply_update(pg.grads, pg.loss, || bad_rollout_batch_json(&batch))?;
+                self.step += 1;
+                let (sample_s, score_s) = if first { (batch.sample_s, batch.score_s) } else { (0.0, 0.0) };
+                first = false;
+                let mut m = self.rollout_metrics(&batch)?;
+                let timing = Timing { sample_s, score_s, train_s, optim_s: upd.optim_s, train_tokens: pg.forward_tokens };
+                self.add_step_fields(&mut m, &upd, pg.loss, &timing);
+                let st = &pg.stats;
+                for (k, v) in [("clip_frac_low", st.clip_frac_low() as f64), ("clip_frac_high", st.clip_frac_high() as f64), ("ratio_mean", st.ratio_mean() as f64), ("entropy", pg.entropy), ("kl", pg.kl)] {
+                    m[k] = json!(v);
+                }
+                self.log_step(&m)?;
+            }
+        }
+        let every = self.cfg.logging.samples_every as u64;
+        let per_batch = (self.cfg.objective.ppo_epochs * mb) as u64;
+        if every > 0 && (self.step.div_ceil(per_batch) - 1) % every == 0 {
+            self.write_samples(&batch)?;
+        }
+        self.warn_on_degenerate_rollouts(&batch);
+        self.maybe_checkpoint(per_batch)?;
+        Ok(())
+    }
+
+    fn warn_on_degenerate_rollouts(&self, batch: &RolloutBatch) {
+        let all: Vec<&Thought> = batch.thoughts.iter().flatten().collect();
+        let truncated = all.iter().filter(|t| !t.closed).count() as f64 / all.len().max(1) as f64;
+        if truncated > 0.9 && self.rollout.budget > 1 {
+            eprintln!("warning: step {}: {:.0}% of thoughts hit the {}-token budget; consider a larger rollout.thought_budget", self.step, 100.0 * truncated, self.rollout.budget);
+        }
+        if frac_zero_std_groups(&batch.group_std) == 1.0 {
+            eprintln!("warning: step {}: every group has zero reward spread, so every advantage is 0 and nothing is learned", self.step);
+        }
+    }
+
+    /// Checkpoint when a multiple of `checkpoint.every` was crossed during the last
+    /// `steps_done` steps (checkpoints fall on rollout-batch boundaries), or at the end.
+    pub(crate) fn maybe_checkpoint(&mut self, steps_done: u64) -> Result<()> {
+        let every = self.cfg.checkpoint.every as u64;
+        let crossed = every > 0 && self.step / every > (self.step - steps_done.min(self.step)) / every;
+        if crossed || self.step >= self.cfg.train.steps as u64 {
+            self.save_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn rollout_metrics(&self, batch: &RolloutBatch) -> Result<Value> {
         let all: Vec<&Thought> = batch.thoughts.iter().flatten().collect();
         let n = all.len().max(1) as f64;
         let mean = |xs: &[f32]| xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len().max(1) as f64;
         let r_mean = mean(&batch.rewards);
         let r_std = (batch.rewards.iter().map(|&r| (r as f64 - r_mean).powi(2)).sum::<f64>() / batch.rewards.len().max(1) as f64).sqrt();
         let s_pred: Vec<f32> = all.iter().map(|t| t.s_pred).collect();
-        let gen_tokens: usize = all.iter().map(|t| t.ids.len() + 1).sum();
         let drift = if self.ema.is_initialized() { self.ema.drift(&self.var_list())? as f64 } else { 0.0 };
-        let step_s = sample_s + score_s + train_s + optim_s;
         Ok(json!({
-            "step": self.step,
-            "lr": lr,
             "reward_mean": r_mean,
             "reward_std": r_std,
             "s_pred_mean": mean(&s_pred),
@@ -364,28 +486,67 @@ impl Trainer {
             "frac_zero_std_groups": frac_zero_std_groups(&batch.group_std),
             "thought_len_mean": all.iter().map(|t| t.ids.len() as f64).sum::<f64>() / n,
             "thought_truncated_frac": all.iter().filter(|t| !t.closed).count() as f64 / n,
-            "clip_frac_low": st.clip_frac_low(),
-            "clip_frac_high": st.clip_frac_high(),
-            "ratio_mean": st.ratio_mean(),
-            "entropy": entropy,
-            "kl": kl,
-            "loss": loss,
-            "grad_norm": if grad_norm.is_finite() { json!(grad_norm) } else { Value::Null },
-            "skipped": skipped,
             "ema_drift": drift,
-            "tokens_per_s_sample": if sample_s > 0.0 { gen_tokens as f64 / sample_s } else { 0.0 },
-            "tokens_per_s_train": if train_s > 0.0 { fwd_tokens as f64 / train_s } else { 0.0 },
-            "step_s": step_s,
-            "sample_s": sample_s,
-            "score_s": score_s,
-            "train_s": train_s,
-            "optimizer_s": optim_s,
-            "input_tokens_total": self.totals.input_tokens,
-            "generated_tokens_total": self.totals.generated_tokens,
+            "generated_tokens_step": all.iter().map(|t| t.ids.len() + 1 + t.guess.len()).sum::<usize>(),
         }))
     }
 
-    fn append_jsonl(&self, name: &str, v: &Value) -> Result<()> {
+    /// Fields every objective logs: step, lr, loss, grad norm, timings, throughput, totals.
+    pub(crate) fn add_step_fields(&self, m: &mut Value, upd: &Update, loss: f64, t: &Timing) {
+        let gen = m.get("generated_tokens_step").and_then(|v| v.as_u64()).unwrap_or(0) as f64;
+        let rate = |n: f64, s: f64| if s > 0.0 { n / s } else { 0.0 };
+        let fields = json!({
+            "step": self.step,
+            "lr": upd.lr,
+            "loss": loss,
+            "grad_norm": upd.grad_norm,
+            "skipped": upd.skipped,
+            "tokens_per_s_sample": rate(gen, t.sample_s),
+            "tokens_per_s_train": rate(t.train_tokens as f64, t.train_s),
+            "step_s": t.sample_s + t.score_s + t.train_s + t.optim_s,
+            "sample_s": t.sample_s,
+            "score_s": t.score_s,
+            "train_s": t.train_s,
+            "optimizer_s": t.optim_s,
+            "input_tokens_total": self.totals.input_tokens,
+            "generated_tokens_total": self.totals.generated_tokens,
+            "trained_tokens_total": self.totals.trained_tokens,
+            "flops_sample_total": self.totals.flops_sample,
+            "flops_score_total": self.totals.flops_score,
+            "flops_train_total": self.totals.flops_train,
+            "flops_total": self.totals.flops_total(),
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+    }
+
+    /// Append to metrics.jsonl and print the progress line.
+    pub(crate) fn log_step(&self, m: &Value) -> Result<()> {
+        self.append_jsonl("metrics.jsonl", m)?;
+        if self.cfg.logging.progress {
+            let total = self.cfg.train.steps as u64;
+            let elapsed = self.started.elapsed().as_secs_f64();
+            let eta = elapsed / (self.step - self.start_step).max(1) as f64 * (total - self.step) as f64;
+            let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+            let head = match self.cfg.objective.name {
+                ObjectiveName::Ntp => format!("loss {:.4}", f("loss")),
+                _ => format!("reward {:+.4} | s_pred {:.3} | loss {:+.4}", f("reward_mean"), f("s_pred_mean"), f("loss")),
+            };
+            eprintln!(
+                "step {}/{} | {head} | sample {:.0} tok/s | train {:.0} tok/s | {:.2}s | eta {:.0}s",
+                self.step,
+                total,
+                f("tokens_per_s_sample"),
+                f("tokens_per_s_train"),
+                f("step_s"),
+                eta
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn append_jsonl(&self, name: &str, v: &Value) -> Result<()> {
         let p = self.run.join(name);
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("cannot open {}", p.display()))?;
         writeln!(f, "{v}").with_context(|| format!("cannot write {}", p.display()))
@@ -396,7 +557,7 @@ impl Trainer {
         for (b, (ctx, group)) in batch.contexts.iter().zip(&batch.thoughts).enumerate() {
             let tail = &ctx.prefix[ctx.prefix.len().saturating_sub(32)..];
             for (i, t) in group.iter().enumerate() {
-                let rec = json!({
+                let mut rec = json!({
                     "step": self.step,
                     "context": b,
                     "doc": ctx.doc,
@@ -410,21 +571,13 @@ impl Trainer {
                     "reward": batch.rewards[b * g + i],
                     "advantage": batch.advantages[b * g + i],
                 });
+                if !t.guess.is_empty() {
+                    rec["guess"] = json!(self.tok.decode(&t.guess)?);
+                }
                 self.append_jsonl("samples.jsonl", &rec)?;
             }
         }
         Ok(())
-    }
-
-    fn save_bad_batch(&self, batch: &RolloutBatch) -> Result<PathBuf> {
-        let p = self.run.join(format!("nonfinite-batch-step-{:06}.json", self.step + 1));
-        let v = json!({
-            "contexts": batch.contexts.iter().map(|c| json!({"doc": c.doc, "pos": c.pos, "prefix": c.prefix, "target": c.target})).collect::<Vec<_>>(),
-            "thoughts": batch.thoughts.iter().map(|g| g.iter().map(|t| json!({"ids": t.ids, "logp_old": t.logp_old, "s_pred": t.s_pred, "closed": t.closed})).collect::<Vec<_>>()).collect::<Vec<_>>(),
-            "rewards": batch.rewards,
-        });
-        model::weights::write_json(&p, &v)?;
-        Ok(p)
     }
 
     fn state_json(&self) -> Result<Value> {
@@ -432,7 +585,7 @@ impl Trainer {
             "step": self.step,
             "adam_step": self.opt.step_count(),
             "sampler": serde_json::to_value(self.sampler.state())?,
-            "rng": serde_json::to_value(&self.rng)?,
+            "packer": serde_json::to_value(self.packer.state())?,
             "nonfinite_streak": self.nonfinite_streak,
             "totals": serde_json::to_value(&self.totals)?,
             "vocab_size": self.policy.cfg.vocab_size,
@@ -443,7 +596,9 @@ impl Trainer {
         let mut tensors = self.opt.state_tensors();
         tensors.extend(self.ema.state_tensors());
         let dir = checkpoint::save(&self.run, self.step, &self.policy, self.tok.inner(), tensors, &self.state_json()?, self.cfg.checkpoint.keep_last)?;
-        eprintln!("checkpoint: {}", dir.display());
+        if self.cfg.logging.progress {
+            eprintln!("checkpoint: {}", dir.display());
+        }
         Ok(dir)
     }
 
@@ -457,14 +612,15 @@ impl Trainer {
             var.set(t)?;
         }
         let (tensors, state) = checkpoint::load_state(dir)?;
-        let step = state["step"].as_u64().context("trainer_state.json has no step")?;
+        let step = state["step"].as_u64().with_context(|| format!("{}: trainer_state.json has no step", dir.display()))?;
         self.opt.load_state(&tensors, state["adam_step"].as_u64().unwrap_or(step))?;
         self.ema.load_state(&tensors, &self.var_list())?;
-        let sampler: SamplerState = serde_json::from_value(state["sampler"].clone()).context("trainer_state.json: bad sampler state")?;
+        let sampler: SamplerState = serde_json::from_value(state["sampler"].clone()).with_context(|| format!("{}: bad sampler state", dir.display()))?;
         self.sampler.restore(sampler)?;
-        self.rng = serde_json::from_value(state["rng"].clone()).context("trainer_state.json: bad rng state")?;
+        let packer: PackerState = serde_json::from_value(state["packer"].clone()).with_context(|| format!("{}: bad packer state", dir.display()))?;
+        self.packer.restore(packer)?;
         self.nonfinite_streak = state["nonfinite_streak"].as_u64().unwrap_or(0) as usize;
-        self.totals = serde_json::from_value(state["totals"].clone()).unwrap_or_default();
+        self.totals = serde_json::from_value(state["totals"].clone()).with_context(|| format!("{}: bad totals", dir.display()))?;
         self.step = step;
         // Lines logged after the checkpoint belong to steps that will run again.
         for name in ["metrics.jsonl", "samples.jsonl"] {
@@ -473,6 +629,54 @@ impl Trainer {
         eprintln!("resumed from {} at step {step}", dir.display());
         Ok(())
     }
+}
+
+/// Phase timings of one optimizer step.
+pub(crate) struct Timing {
+    pub sample_s: f64,
+    pub score_s: f64,
+    pub train_s: f64,
+    pub optim_s: f64,
+    pub train_tokens: usize,
+}
+
+/// Sums the gradients of several backward passes (micro-batches).
+#[derive(Default)]
+pub(crate) struct GradAccumulator {
+    acc: Option<GradStore>,
+}
+
+impl GradAccumulator {
+    pub fn add(&mut self, g: GradStore, vars: &[(String, Var)]) -> Result<()> {
+        match &mut self.acc {
+            None => self.acc = Some(g),
+            Some(acc) => {
+                for (_, v) in vars {
+                    if let Some(x) = g.get(v.as_tensor()) {
+                        let sum = match acc.get(v.as_tensor()) {
+                            Some(a) => (a + x)?,
+                            None => x.clone(),
+                        };
+                        acc.insert(v.as_tensor(), sum);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<GradStore> {
+        self.acc.context("no micro-batch was run: nothing to train on")
+    }
+}
+
+fn bad_rollout_batch_json(batch: &RolloutBatch) -> Value {
+    json!({
+        "contexts": batch.contexts.iter().map(|c| json!({"doc": c.doc, "pos": c.pos, "prefix": c.prefix, "target": c.target})).collect::<Vec<_>>(),
+        "thoughts": batch.thoughts.iter().map(|g| g.iter().map(|t| json!({"ids": t.ids, "logp_old": t.logp_old, "s_pred": t.s_pred, "closed": t.closed, "guess": t.guess})).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "rewards": batch.rewards,
+        "advantages": batch.advantages,
+    })
 }
 
 /// Drop the lines of a JSONL log whose `step` is past `step`.
