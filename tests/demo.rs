@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rlp::demo::data::{train_demo_tokenizer, write_demo_data, DemoSizes};
-use rlp::demo::synth::{answer_task, generate_corpus, generate_documents, AnswerItem, CorpusKind, Segment};
+use rlp::demo::synth::{answer_task, PRETRAIN_WORKED_FRACTION, generate_corpus, generate_documents, AnswerItem, CorpusKind, Segment};
 use rlp::model::init::{initializer_range, parameter_shapes, random_model, small_config_json, Init, SmallShape};
 use rlp::model::{target_logprobs, weights, Arch, Config, Model};
 use rlp::tokenizer::Tok;
@@ -66,16 +66,19 @@ fn corpus_files_are_read_by_the_corpus_reader() {
 fn only_the_pretraining_split_has_thoughts() {
     for kind in KINDS {
         let docs = generate_documents(5, 200, kind);
+        let (mut problems, mut worked) = (0, 0);
         for d in &docs {
             let text = d.render(kind.has_thoughts());
-            let problems = d.segments.iter().filter(|s| matches!(s, Segment::Problem(_))).count();
-            assert!(problems > 0, "a document without a problem: {text}");
-            let (opens, closes) = (text.matches("<think>").count(), text.matches("</think>").count());
-            if kind == CorpusKind::Pretrain {
-                assert_eq!((opens, closes), (problems, problems), "{text}");
-            } else {
-                assert_eq!((opens, closes), (0, 0), "{kind:?} has a thought: {text}");
-            }
+            let ps: Vec<_> = d.segments.iter().filter_map(|s| if let Segment::Problem(p) = s { Some(p) } else { None }).collect();
+            assert!(!ps.is_empty(), "a document without a problem: {text}");
+            let shown = if kind == CorpusKind::Pretrain { ps.iter().filter(|p| p.worked).count() } else { 0 };
+            assert_eq!((text.matches("<think>").count(), text.matches("</think>").count()), (shown, shown), "{kind:?}: {text}");
+            problems += ps.len();
+            worked += shown;
+        }
+        if kind == CorpusKind::Pretrain {
+            let share = worked as f64 / problems as f64;
+            assert!((share - PRETRAIN_WORKED_FRACTION).abs() < 0.06, "{worked} of {problems} pretraining problems worked");
         }
     }
 }
@@ -331,10 +334,63 @@ fn time_a_training_step() {
         let t2 = std::time::Instant::now();
         opt.step(&grads, 1e-3).unwrap();
         let t3 = std::time::Instant::now();
-        eprintln!("fwd {:?} bwd {:?} opt {:?}", t1 - t0, t2 - t1, t3 - t2);
+        println!("forward {:?} backward {:?} AdamW {:?}", t1 - t0, t2 - t1, t3 - t2);
         times.push(t0.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!("{} parameters: training step on 8 x 128 tokens: median {median:.3} s = {:.0} tokens/s", cfg.num_params(), 1024.0 / median);
+}
+
+/// Mean log p of the answer's first token after `prompt`, one row per item.
+fn first_answer_token_logprob(model: &Model, tok: &Tok, prompts_and_answers: &[(String, String)]) -> f32 {
+    let mut total = 0.0;
+    for (prompt, answer) in prompts_and_answers {
+        let ids = tok.encode(prompt).unwrap();
+        let target = tok.encode(&format!(" {answer}")).unwrap()[0];
+        let logits = model.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap(); // [T, V]
+        let last = logits.get(ids.len() - 1).unwrap().unsqueeze(0).unwrap(); // [1, V]
+        let lp = target_logprobs(&last, &Tensor::new(&[target], &Device::Cpu).unwrap()).unwrap();
+        total += lp.to_vec1::<f32>().unwrap()[0];
+    }
+    total / prompts_and_answers.len() as f32
+}
+
+/// Measurement, not a check: pretrain the default demo model for `RLP_PROBE_SECONDS` (default
+/// 240) on the pretraining split (8 × 128 tokens per step, lr 2e-3) and print the training loss
+/// and log p of the answer's first digit on held-out problems without a thought and after the
+/// gold thought. Run with `RAYON_NUM_THREADS=1`.
+#[test]
+#[ignore]
+fn pretraining_budget_probe() {
+    let seconds: f64 = std::env::var("RLP_PROBE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(240.0);
+    let tok = demo_tok(2000, 512);
+    let rows = token_rows(&tok, &generate_corpus(0, 8000, CorpusKind::Pretrain), 128);
+    let cfg = Config::from_json(small_config_json(Arch::Llama, tok.vocab_size(), &SmallShape::default(), Some(0)).unwrap()).unwrap();
+    let (model, vars) = random_model(&cfg, 1).unwrap().into_vars().unwrap();
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig::default()).unwrap();
+    let docs = generate_documents(0, 40, CorpusKind::Heldout);
+    let mut plain = Vec::new();
+    let mut thought = Vec::new();
+    for d in &docs {
+        let problems = d.segments.iter().filter_map(|s| if let Segment::Problem(p) = s { Some(p) } else { None });
+        for (item, p) in d.answer_items().into_iter().zip(problems) {
+            thought.push((format!("{}<think> {}</think>", item.prompt, p.working), item.answer.clone()));
+            plain.push((item.prompt, item.answer));
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let mut step = 0;
+    while t0.elapsed().as_secs_f64() < seconds {
+        let lr = 2e-3 * ((step + 1) as f64 / 50.0).min(1.0);
+        let loss = next_token_loss(&model, &rows[(step * 8) % (rows.len() - 8)..][..8]);
+        let value: f32 = loss.to_scalar().unwrap();
+        opt.step(&loss.backward().unwrap(), lr).unwrap();
+        step += 1;
+        if step % 50 == 0 {
+            println!("step {step:5} | {:6.0} s | tokens {:8} | loss {value:.3}", t0.elapsed().as_secs_f64(), step * 1024);
+        }
+    }
+    let (p, t) = (first_answer_token_logprob(&model, &tok, &plain), first_answer_token_logprob(&model, &tok, &thought));
+    println!("after {step} steps ({} tokens): answer first digit log p: no thought {p:.3}, after the gold thought {t:.3} ({} problems)", step * 1024, plain.len());
 }

@@ -7,7 +7,8 @@
 //! pretraining split the worked solution sits in a thought right before the answer, in the
 //! token layout RLP uses (`prefix<think> working</think> answer`):
 //! `"…so she had<think> 347 + 268: 7+8=15 carry 1, 4+6+1=11 carry 1, 3+2+1=6 → 615</think> 615 apples."`
-//! The RLP/CPT training split and the held-out split carry no thoughts. Problem kinds: addition,
+//! Half the pretraining problems (`PRETRAIN_WORKED_FRACTION`) show their working; the
+//! RLP/CPT training split and the held-out split carry no thoughts. Problem kinds: addition,
 //! subtraction, multiplication by one digit, hours/weeks conversions, and a two-step bus problem.
 //! What this leaves out: natural language variety (a few templates), numbers past four digits.
 
@@ -51,6 +52,9 @@ pub struct Problem {
     pub answer: u64,
     /// The text after the answer (" apples.").
     pub tail: String,
+    /// Whether the pretraining split shows this problem's working (drawn for every split, so a
+    /// seed's documents are the same in each; only `Pretrain` renders it).
+    pub worked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +79,8 @@ pub struct AnswerItem {
 }
 
 impl Problem {
-    fn render(&self, with_thought: bool) -> String {
-        if with_thought {
+    fn render(&self, with_thoughts: bool) -> String {
+        if with_thoughts && self.worked {
             format!("{}<think> {}</think> {}{}", self.lead, self.working, self.answer, self.tail)
         } else {
             format!("{} {}{}", self.lead, self.answer, self.tail)
@@ -85,7 +89,7 @@ impl Problem {
 }
 
 impl Document {
-    /// The document's text; `with_thoughts` puts each problem's working before its answer.
+    /// The document's text; `with_thoughts` puts each worked problem's working before its answer.
     pub fn render(&self, with_thoughts: bool) -> String {
         let parts: Vec<String> = self
             .segments
@@ -126,6 +130,10 @@ pub fn answer_matches(completion: &str, answer: &str) -> bool {
     let rest = completion.trim_start();
     rest.strip_prefix(answer).is_some_and(|after| !after.starts_with(|c: char| c.is_ascii_digit()))
 }
+
+/// The share of pretraining problems shown with their working. The rest are stated plainly, so
+/// the base model also predicts answers without thinking (badly) and `<think>` is a choice.
+pub const PRETRAIN_WORKED_FRACTION: f64 = 0.5;
 
 /// `n_docs` documents of a split. The first k documents do not depend on `n_docs`.
 pub fn generate_documents(seed: u64, n_docs: usize, kind: CorpusKind) -> Vec<Document> {
@@ -188,6 +196,11 @@ fn number(rng: &mut ChaCha8Rng) -> u64 {
 }
 
 fn problem(rng: &mut ChaCha8Rng) -> Problem {
+    let worked = rng.gen_bool(PRETRAIN_WORKED_FRACTION);
+    Problem { worked, ..unworked_problem(rng) }
+}
+
+fn unworked_problem(rng: &mut ChaCha8Rng) -> Problem {
     let (name, pronoun) = *pick(rng, &PEOPLE);
     let thing = *pick(rng, &THINGS);
     match rng.gen_range(0..6) {
@@ -195,31 +208,31 @@ fn problem(rng: &mut ChaCha8Rng) -> Problem {
             let (a, b) = (number(rng), number(rng));
             let gain = pick(rng, &GAINS);
             let lead = format!("{name} had {a} {thing} and {gain} {b} more, so {pronoun} had");
-            Problem { lead, working: addition(a, b), answer: a + b, tail: format!(" {thing}.") }
+            Problem { lead, working: addition(a, b), answer: a + b, tail: format!(" {thing}."), worked: false }
         }
         1 => {
             let a = rng.gen_range(100..1000);
             let b = rng.gen_range(10..a);
             let loss = pick(rng, &LOSSES);
             let lead = format!("{name} had {a} {thing} and {loss} {b}, so {pronoun} had");
-            Problem { lead, working: subtraction(a, b), answer: a - b, tail: format!(" {thing} left.") }
+            Problem { lead, working: subtraction(a, b), answer: a - b, tail: format!(" {thing} left."), worked: false }
         }
         2 => {
             let (a, k) = (rng.gen_range(12..100), rng.gen_range(3..10));
             let lead = format!("{name} filled {a} boxes with {k} {thing} each, so {pronoun} had");
-            Problem { lead, working: multiplication(a, k), answer: a * k, tail: format!(" {thing} in all.") }
+            Problem { lead, working: multiplication(a, k), answer: a * k, tail: format!(" {thing} in all."), worked: false }
         }
         3 => {
             let (h, m) = (rng.gen_range(1..10), rng.gen_range(1..60));
             let lead = format!("{} and {} is", count(h, "hour"), count(m, "minute"));
             let working = format!("{h}*60={}, {}", h * 60, addition(h * 60, m));
-            Problem { lead, working, answer: h * 60 + m, tail: " minutes.".into() }
+            Problem { lead, working, answer: h * 60 + m, tail: " minutes.".into(), worked: false }
         }
         4 => {
             let (w, d) = (rng.gen_range(2..30), rng.gen_range(1..7));
             let lead = format!("{} and {} is", count(w, "week"), count(d, "day"));
             let working = format!("{}, {}", multiplication(w, 7), addition(w * 7, d));
-            Problem { lead, working, answer: w * 7 + d, tail: " days.".into() }
+            Problem { lead, working, answer: w * 7 + d, tail: " days.".into(), worked: false }
         }
         _ => {
             let a = rng.gen_range(20..200);
@@ -228,7 +241,7 @@ fn problem(rng: &mut ChaCha8Rng) -> Problem {
                 "A bus left the station with {a} passengers. At the first stop {off} got off and {on} got on, so the bus then carried"
             );
             let working = format!("{}, {}", subtraction(a, off), addition(a - off, on));
-            Problem { lead, working, answer: a - off + on, tail: " passengers.".into() }
+            Problem { lead, working, answer: a - off + on, tail: " passengers.".into(), worked: false }
         }
     }
 }
