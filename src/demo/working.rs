@@ -5,7 +5,7 @@
 //! Examples:
 //! - `addition(347, 268)`       = `347 + 268: 7+8=15 carry 1, 4+6+1=11 carry 1, 3+2+1=6 → 615`
 //! - `subtraction(652, 268)`    = `652 - 268: 12-8=4 borrow 1, 15-6-1=8 borrow 1, 6-2-1=3 → 384`
-//! - `multiplication(47, 6)`    = `47 * 6: 7*6=42 carry 4, 4*6+4=28 → 282`
+//! - `multiplication(47, 6)`    = `47 * 6: 7*6=42 carry 4, 4*6+4=28 carry 2 → 282`
 
 /// Decimal digits of `n`, ones digit first (`[0]` for 0).
 fn digits_low_first(mut n: u64) -> Vec<u64> {
@@ -65,7 +65,7 @@ pub fn multiplication(a: u64, k: u64) -> String {
         let note = if carry > 0 { format!(" carry {carry}") } else { String::new() };
         steps.push(format!("{x}*{k}{plus_carry}={p}{note}"));
     }
-    // The last column's carry is the leading digit of the product, already visible in `p`.
+    // As in `addition`, the last column notes its carry too: it is the product's leading digit.
     format!("{a} * {k}: {} → {}", steps.join(", "), a * k)
 }
 
@@ -77,7 +77,7 @@ mod tests {
     fn workings_match_the_module_examples() {
         assert_eq!(addition(347, 268), "347 + 268: 7+8=15 carry 1, 4+6+1=11 carry 1, 3+2+1=6 → 615");
         assert_eq!(subtraction(652, 268), "652 - 268: 12-8=4 borrow 1, 15-6-1=8 borrow 1, 6-2-1=3 → 384");
-        assert_eq!(multiplication(47, 6), "47 * 6: 7*6=42 carry 4, 4*6+4=28 → 282");
+        assert_eq!(multiplication(47, 6), "47 * 6: 7*6=42 carry 4, 4*6+4=28 carry 2 → 282");
     }
 
     #[test]
