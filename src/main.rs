@@ -23,6 +23,10 @@ enum Command {
     Train(cli::TrainArgs),
     /// Train a small byte-level BPE tokenizer on a corpus (for tiny test and demo models).
     TrainTokenizer(cli::TrainTokenizerArgs),
+    /// Write a fresh, randomly initialised small Llama or Qwen3 model directory.
+    InitModel(rlp::demo::cli::InitModelArgs),
+    /// Write the demo's synthetic corpora, answer task and tokenizer.
+    DemoData(rlp::demo::cli::DemoDataArgs),
 }
 
 fn main() {
@@ -33,6 +37,8 @@ fn main() {
         Command::Bench(a) => cli::bench(&a),
         Command::Train(a) => cli::train(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
+        Command::InitModel(a) => rlp::demo::cli::init_model(&a),
+        Command::DemoData(a) => rlp::demo::cli::demo_data(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

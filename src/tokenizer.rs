@@ -143,6 +143,18 @@ fn build_byte_level_inverse() -> HashMap<char, u8> {
     map
 }
 
+/// How a trained BPE tokenizer cuts numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DigitSplit {
+    /// GPT-2's pre-tokenizer: a run of digits is one piece that BPE may merge (`Ġ347`).
+    #[default]
+    Merged,
+    /// Every digit is its own token, the first keeping the space before it (`Ġ3 4 7`), so a
+    /// tiny model can learn arithmetic digit by digit and the first digit of an answer is one
+    /// token right after the preceding word.
+    Individual,
+}
+
 /// Train a byte-level BPE tokenizer (GPT-2 style pre-tokenizer and decoder) on `texts`, with
 /// `special` added as special tokens first. For tiny test and demo models: real checkpoints
 /// bring their own tokenizer.
@@ -151,9 +163,20 @@ where
     I: Iterator<Item = S> + Send,
     S: AsRef<str> + Send,
 {
+    train_byte_level_bpe_with(texts, vocab_size, special, DigitSplit::Merged)
+}
+
+/// `train_byte_level_bpe` with a choice of how digits are cut (see `DigitSplit`).
+pub fn train_byte_level_bpe_with<I, S>(texts: I, vocab_size: usize, special: &[&str], digits: DigitSplit) -> Result<tokenizers::Tokenizer>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
     use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::{DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::{DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, TokenizerBuilder};
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -161,9 +184,19 @@ where
         .special_tokens(special.iter().map(|s| AddedToken::from(*s, true)).collect())
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
+    let byte_level: PreTokenizerWrapper = ByteLevel::new(false, true, true).into();
+    let pre_tokenizer: PreTokenizerWrapper = match digits {
+        DigitSplit::Merged => byte_level,
+        DigitSplit::Individual => {
+            // " 347" -> " 3" "4" "7" before GPT-2's regex, which then leaves each piece whole.
+            let one_digit = Split::new(SplitPattern::Regex(r" ?\p{N}".into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| anyhow!("cannot build the digit pre-tokenizer: {e}"))?;
+            Sequence::new(vec![one_digit.into(), byte_level]).into()
+        }
+    };
     let mut tk = TokenizerBuilder::<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
         .with_model(BPE::default().into())
-        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+        .with_pre_tokenizer(Some(pre_tokenizer))
         .with_decoder(Some(ByteLevel::default().into()))
         .build()
         .map_err(|e| anyhow!("cannot build a BPE tokenizer: {e}"))?;

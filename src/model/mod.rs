@@ -3,6 +3,7 @@
 pub mod config;
 pub mod decode;
 pub mod gguf;
+pub mod init;
 pub mod kv_cache;
 pub mod rope;
 pub mod transformer;

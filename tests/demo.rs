@@ -1,0 +1,396 @@
+//! The demo's foundation: the synthetic corpus (determinism, thoughts only where they belong,
+//! correct answers and workings), the digit-splitting tokenizer, and fresh random models
+//! (statistics, save/load round trip, a few training steps on the corpus).
+
+use candle_core::{DType, Device, Tensor};
+use rlp::demo::data::{train_demo_tokenizer, write_demo_data, DemoSizes};
+use rlp::demo::synth::{answer_task, PRETRAIN_WORKED_FRACTION, generate_corpus, generate_documents, AnswerItem, CorpusKind, Segment};
+use rlp::model::init::{initializer_range, parameter_shapes, random_model, small_config_json, Init, SmallShape};
+use rlp::model::{target_logprobs, weights, Arch, Config, Model};
+use rlp::tokenizer::Tok;
+use rlp::train::optim::{AdamW, AdamWConfig};
+use std::path::Path;
+
+const KINDS: [CorpusKind; 3] = [CorpusKind::Pretrain, CorpusKind::Train, CorpusKind::Heldout];
+
+fn demo_tok(n_docs: usize, vocab: usize) -> Tok {
+    let texts = generate_corpus(0, n_docs, CorpusKind::Pretrain);
+    Tok::from_tokenizer(train_demo_tokenizer(&texts, vocab).unwrap(), false, "demo").unwrap()
+}
+
+fn tiny_shape() -> SmallShape {
+    SmallShape { layers: 2, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, max_positions: 512, tie_embeddings: true }
+}
+
+fn tiny_config(arch: Arch, vocab: usize, tie: bool) -> Config {
+    let shape = SmallShape { tie_embeddings: tie, ..tiny_shape() };
+    Config::from_json(small_config_json(arch, vocab, &shape, Some(0)).unwrap()).unwrap()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+// ---------------------------------------------------------------- corpus
+
+#[test]
+fn corpus_is_deterministic_per_seed() {
+    let sizes = DemoSizes { pretrain_docs: 30, train_docs: 20, heldout_docs: 10 };
+    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let da = write_demo_data(a.path(), 11, sizes).unwrap();
+    let db = write_demo_data(b.path(), 11, sizes).unwrap();
+    let dc = write_demo_data(c.path(), 12, sizes).unwrap();
+    for (x, y, z) in [(&da.pretrain, &db.pretrain, &dc.pretrain), (&da.train, &db.train, &dc.train), (&da.heldout, &db.heldout, &dc.heldout), (&da.answers, &db.answers, &dc.answers)] {
+        assert_eq!(read(x), read(y), "{} differs between two runs of seed 11", x.display());
+        assert_ne!(read(x), read(z), "{} is the same for seeds 11 and 12", x.display());
+    }
+    // The splits are different streams of one seed, and a longer corpus extends a shorter one.
+    assert_ne!(generate_corpus(11, 5, CorpusKind::Train), generate_corpus(11, 5, CorpusKind::Heldout));
+    assert_eq!(generate_corpus(11, 5, CorpusKind::Train)[..], generate_corpus(11, 9, CorpusKind::Train)[..5]);
+}
+
+#[test]
+fn corpus_files_are_read_by_the_corpus_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_demo_data(dir.path(), 3, DemoSizes { pretrain_docs: 7, train_docs: 5, heldout_docs: 4 }).unwrap();
+    for (path, kind, n) in [(&data.pretrain, CorpusKind::Pretrain, 7), (&data.train, CorpusKind::Train, 5), (&data.heldout, CorpusKind::Heldout, 4)] {
+        let corpus = rlp::data::corpus::Corpus::open(path, "text").unwrap();
+        let texts: Vec<String> = corpus.documents().map(|d| d.unwrap().text).collect();
+        assert_eq!(texts, generate_corpus(3, n, kind));
+    }
+    let items: Vec<AnswerItem> = std::fs::read_to_string(&data.answers).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(items, answer_task(3, 4));
+}
+
+#[test]
+fn only_the_pretraining_split_has_thoughts() {
+    for kind in KINDS {
+        let docs = generate_documents(5, 200, kind);
+        let (mut problems, mut worked) = (0, 0);
+        for d in &docs {
+            let text = d.render(kind.has_thoughts());
+            let ps: Vec<_> = d.segments.iter().filter_map(|s| if let Segment::Problem(p) = s { Some(p) } else { None }).collect();
+            assert!(!ps.is_empty(), "a document without a problem: {text}");
+            let shown = if kind == CorpusKind::Pretrain { ps.iter().filter(|p| p.worked).count() } else { 0 };
+            assert_eq!((text.matches("<think>").count(), text.matches("</think>").count()), (shown, shown), "{kind:?}: {text}");
+            problems += ps.len();
+            worked += shown;
+        }
+        if kind == CorpusKind::Pretrain {
+            let share = worked as f64 / problems as f64;
+            assert!((share - PRETRAIN_WORKED_FRACTION).abs() < 0.06, "{worked} of {problems} pretraining problems worked");
+        }
+    }
+}
+
+/// Every number in `s`, in order.
+fn numbers(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect()
+}
+
+/// The answer to the problem at the end of `prompt`, recomputed from its words.
+fn recompute(prompt: &str) -> u64 {
+    let sentences: Vec<&str> = prompt.split(". ").collect();
+    let last = *sentences.last().unwrap();
+    if last.starts_with("At the first stop") {
+        let n = numbers(&format!("{}. {last}", sentences[sentences.len() - 2]));
+        return n[0] - n[1] + n[2];
+    }
+    let (problem, n) = (last, numbers(last));
+    if problem.contains("more, so") {
+        n[0] + n[1]
+    } else if ["sold", "gave away", "lost"].iter().any(|w| problem.contains(w)) {
+        n[0] - n[1]
+    } else if problem.contains("boxes with") {
+        n[0] * n[1]
+    } else if problem.contains("hour") {
+        60 * n[0] + n[1]
+    } else if problem.contains("week") {
+        7 * n[0] + n[1]
+    } else {
+        panic!("unknown problem: {problem}")
+    }
+}
+
+#[test]
+fn answers_are_correct() {
+    let items = answer_task(9, 300);
+    assert!(items.len() > 500, "only {} answer items", items.len());
+    for item in &items {
+        assert_eq!(item.answer, recompute(&item.prompt).to_string(), "wrong answer for {:?}", item.prompt);
+        assert!(!item.prompt.contains("<think>"));
+    }
+    // Every problem kind shows up.
+    for kind in ["more, so", "sold", "boxes with", "hour", "week", "bus"] {
+        assert!(items.iter().any(|i| i.prompt.rsplit(". ").take(2).any(|s| s.contains(kind))), "no {kind:?} problem");
+    }
+}
+
+/// Value of `7+8`, `15-6-1`, `4*6+4`: + and - of products, left to right.
+fn eval(expr: &str) -> i64 {
+    let mut total = 0;
+    let mut sign = 1;
+    let mut term = String::new();
+    for c in expr.chars().chain(std::iter::once('+')) {
+        if c == '+' || c == '-' {
+            total += sign * term.split('*').map(|x| x.parse::<i64>().unwrap()).product::<i64>();
+            sign = if c == '+' { 1 } else { -1 };
+            term.clear();
+        } else {
+            term.push(c);
+        }
+    }
+    total
+}
+
+#[test]
+fn every_working_step_is_right_and_ends_in_the_answer() {
+    let mut steps = 0;
+    for text in generate_corpus(4, 200, CorpusKind::Pretrain) {
+        for part in text.split("<think>").skip(1) {
+            let (thought, after) = part.split_once("</think>").unwrap();
+            let (_, result) = thought.rsplit_once("→ ").unwrap();
+            assert_eq!(numbers(after).first().map(|n| n.to_string()), Some(result.to_string()), "thought {thought:?} then {after:?}");
+            for eq in thought.split_whitespace().filter(|w| w.contains('=')) {
+                let (lhs, rhs) = eq.trim_end_matches(',').split_once('=').unwrap();
+                assert_eq!(eval(lhs), rhs.parse::<i64>().unwrap(), "wrong step {eq:?} in {thought:?}");
+                steps += 1;
+            }
+        }
+    }
+    assert!(steps > 1000, "only {steps} steps checked");
+}
+
+// ---------------------------------------------------------------- tokenizer
+
+#[test]
+fn the_demo_tokenizer_splits_digits() {
+    let tok = demo_tok(300, 512);
+    let pieces = |text: &str| -> Vec<String> { tok.encode(text).unwrap().iter().map(|&i| tok.id_to_token(i).unwrap()).collect() };
+    assert_eq!(pieces(" 347"), ["Ġ3", "4", "7"]);
+    assert_eq!(pieces("7+8=15"), ["7", "+", "8", "=", "1", "5"]);
+    // The first digit of an answer is one token right after the word before it.
+    let had = pieces("so she had 615 apples.");
+    assert_eq!(had[had.len() - 5..], ["Ġ6", "1", "5", "Ġapples", "."]);
+    // No vocabulary entry holds more than one digit.
+    for id in 0..tok.vocab_size() as u32 {
+        let t = tok.id_to_token(id).unwrap();
+        assert!(t.chars().filter(|c| c.is_ascii_digit()).count() <= 1, "token {t:?} holds several digits");
+    }
+    // Think markers are single special tokens, ids 1 and 2; text round-trips.
+    assert_eq!((tok.think_id, tok.end_think_id, tok.eos_ids.clone()), (1, 2, vec![0]));
+    let text = &generate_corpus(0, 1, CorpusKind::Pretrain)[0];
+    let ids = tok.encode(text).unwrap();
+    assert_eq!(ids.iter().filter(|&&i| i == tok.think_id).count(), text.matches("<think>").count());
+    assert_eq!(&tok.decode(&ids).unwrap(), text);
+}
+
+// ---------------------------------------------------------------- random models
+
+#[test]
+fn random_init_has_the_right_shapes_and_statistics() {
+    for arch in [Arch::Llama, Arch::Qwen3] {
+        let cfg = tiny_config(arch, 300, false);
+        let model = random_model(&cfg, 42).unwrap();
+        let std = initializer_range(&cfg);
+        assert_eq!(std, 0.02);
+        let named = model.named_tensors();
+        let expected = parameter_shapes(&cfg);
+        assert_eq!(named.len(), expected.len());
+        for ((name, t), (ename, shape, init)) in named.iter().zip(&expected) {
+            assert_eq!((name, t.dims()), (ename, shape.as_slice()));
+            let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let n = x.len() as f64;
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let sd = (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+            match init {
+                Init::Normal => {
+                    // 4096+ samples: the sample std is within a few percent of 0.02.
+                    assert!((sd / std - 1.0).abs() < 0.06, "{name}: std {sd}");
+                    assert!(mean.abs() < 4.0 * std / n.sqrt(), "{name}: mean {mean}");
+                }
+                Init::Ones => assert!(x.iter().all(|&v| v == 1.0), "{name} is not all ones"),
+                Init::Zeros => assert!(x.iter().all(|&v| v == 0.0), "{name} is not all zeros"),
+            }
+        }
+    }
+}
+
+fn all_values(m: &Model) -> Vec<f32> {
+    m.named_tensors().iter().flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+}
+
+#[test]
+fn random_init_is_deterministic_per_seed() {
+    let cfg = tiny_config(Arch::Llama, 300, true);
+    let a = all_values(&random_model(&cfg, 7).unwrap());
+    assert_eq!(a, all_values(&random_model(&cfg, 7).unwrap()));
+    assert_ne!(a, all_values(&random_model(&cfg, 8).unwrap()));
+}
+
+#[test]
+fn random_models_round_trip_through_save_and_load() {
+    let tok = demo_tok(100, 300);
+    let ids = tok.encode(&generate_corpus(1, 1, CorpusKind::Train)[0]).unwrap();
+    for (arch, tie) in [(Arch::Llama, true), (Arch::Qwen3, true), (Arch::Llama, false)] {
+        let model = random_model(&tiny_config(arch, tok.vocab_size(), tie), 5).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        weights::save_dir(&model, Some(tok.inner()), dir.path(), DType::F32).unwrap();
+        let loaded = weights::load(dir.path()).unwrap();
+        assert_eq!(loaded.model.cfg.arch, arch);
+        assert_eq!(loaded.model.cfg.tie_word_embeddings, tie);
+        assert_eq!(all_values(&loaded.model), all_values(&model));
+        let before: Vec<f32> = model.forward_logits(&[ids.clone()]).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let after: Vec<f32> = loaded.model.forward_logits(&[ids.clone()]).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(before, after, "{arch:?} logits changed through save/load");
+        let reloaded_tok = Tok::from_tokenizer(loaded.tokenizer.unwrap(), false, "reloaded").unwrap();
+        assert_eq!(reloaded_tok.encode(" 347").unwrap(), tok.encode(" 347").unwrap());
+    }
+}
+
+/// Rows of `len + 1` corpus tokens: inputs are the first `len`, targets the last `len`.
+fn token_rows(tok: &Tok, texts: &[String], len: usize) -> Vec<Vec<u32>> {
+    let stream: Vec<u32> = texts.iter().flat_map(|t| tok.encode(t).unwrap()).collect();
+    stream.chunks_exact(len + 1).map(|c| c.to_vec()).collect()
+}
+
+/// Mean next-token loss of `rows` (each `len + 1` tokens), differentiable.
+fn next_token_loss(model: &Model, rows: &[Vec<u32>]) -> Tensor {
+    let inputs: Vec<Vec<u32>> = rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+    let targets: Vec<u32> = rows.iter().flat_map(|r| r[1..].to_vec()).collect();
+    let logits = model.forward_logits(&inputs).unwrap(); // [B, T, V]
+    let (b, t, v) = logits.dims3().unwrap();
+    let targets = Tensor::from_vec(targets, b * t, &Device::Cpu).unwrap();
+    let lp = target_logprobs(&logits.reshape((b * t, v)).unwrap(), &targets).unwrap();
+    lp.mean_all().unwrap().neg().unwrap()
+}
+
+#[test]
+fn a_fresh_model_starts_at_chance_and_learns_the_corpus() {
+    let tok = demo_tok(200, 300);
+    let texts = generate_corpus(2, 60, CorpusKind::Pretrain);
+    let rows = token_rows(&tok, &texts, 64);
+    let model = random_model(&tiny_config(Arch::Llama, tok.vocab_size(), true), 1).unwrap();
+    let (model, vars) = model.into_vars().unwrap();
+    let chance = (tok.vocab_size() as f32).ln();
+    let first: f32 = next_token_loss(&model, &rows[..8]).to_scalar().unwrap();
+    assert!((first - chance).abs() < 0.1, "initial loss {first}, chance {chance}");
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig::default()).unwrap();
+    for step in 0..30 {
+        let batch = &rows[(step * 4) % (rows.len() - 4)..][..4];
+        let grads = next_token_loss(&model, batch).backward().unwrap();
+        opt.step(&grads, 3e-3).unwrap();
+    }
+    let last: f32 = next_token_loss(&model, &rows[..8]).to_scalar().unwrap();
+    assert!(last < first - 1.5, "30 steps took the loss only from {first} to {last}");
+}
+
+// ---------------------------------------------------------------- CLI
+
+#[test]
+fn init_model_writes_a_loadable_directory_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok_path = dir.path().join("tokenizer.json");
+    demo_tok(50, 300).save(&tok_path).unwrap();
+    let out = dir.path().join("model");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rlp"))
+            .args(["init-model", "--arch", "qwen3", "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--seed", "3"])
+            .arg("--tokenizer")
+            .arg(&tok_path)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let loaded = weights::load(&out).unwrap();
+    assert_eq!(loaded.model.cfg.arch, Arch::Qwen3);
+    assert_eq!(loaded.model.cfg.num_hidden_layers, 2);
+    assert_eq!(all_values(&loaded.model), all_values(&random_model(&loaded.model.cfg, 3).unwrap()));
+    let second = run();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already holds a model"));
+}
+
+/// Measurement, not a check: seconds per training step (forward, backward, AdamW) of the
+/// default demo model (`SmallShape::default()`, 512-token vocabulary) on 8 × 128 tokens.
+/// `cargo test --release --test demo -- --ignored --nocapture time_a_training_step`
+#[test]
+#[ignore]
+fn time_a_training_step() {
+    let tok = demo_tok(400, 512);
+    let rows = token_rows(&tok, &generate_corpus(2, 200, CorpusKind::Pretrain), 128);
+    let cfg = Config::from_json(small_config_json(Arch::Llama, tok.vocab_size(), &SmallShape::default(), Some(0)).unwrap()).unwrap();
+    let (model, vars) = random_model(&cfg, 1).unwrap().into_vars().unwrap();
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig::default()).unwrap();
+    let mut times = Vec::new();
+    for step in 0..6 {
+        let t0 = std::time::Instant::now();
+        let loss = next_token_loss(&model, &rows[step * 8..][..8]);
+        let t1 = std::time::Instant::now();
+        let grads = loss.backward().unwrap();
+        let t2 = std::time::Instant::now();
+        opt.step(&grads, 1e-3).unwrap();
+        let t3 = std::time::Instant::now();
+        println!("forward {:?} backward {:?} AdamW {:?}", t1 - t0, t2 - t1, t3 - t2);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!("{} parameters: training step on 8 x 128 tokens: median {median:.3} s = {:.0} tokens/s", cfg.num_params(), 1024.0 / median);
+}
+
+/// Mean log p of the answer's first token after `prompt`, one row per item.
+fn first_answer_token_logprob(model: &Model, tok: &Tok, prompts_and_answers: &[(String, String)]) -> f32 {
+    let mut total = 0.0;
+    for (prompt, answer) in prompts_and_answers {
+        let ids = tok.encode(prompt).unwrap();
+        let target = tok.encode(&format!(" {answer}")).unwrap()[0];
+        let logits = model.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap(); // [T, V]
+        let last = logits.get(ids.len() - 1).unwrap().unsqueeze(0).unwrap(); // [1, V]
+        let lp = target_logprobs(&last, &Tensor::new(&[target], &Device::Cpu).unwrap()).unwrap();
+        total += lp.to_vec1::<f32>().unwrap()[0];
+    }
+    total / prompts_and_answers.len() as f32
+}
+
+/// Measurement, not a check: pretrain the default demo model for `RLP_PROBE_SECONDS` (default
+/// 240) on the pretraining split (8 × 128 tokens per step, lr 2e-3) and print the training loss
+/// and log p of the answer's first digit on held-out problems without a thought and after the
+/// gold thought. Run with `RAYON_NUM_THREADS=1`.
+#[test]
+#[ignore]
+fn pretraining_budget_probe() {
+    let seconds: f64 = std::env::var("RLP_PROBE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(240.0);
+    let tok = demo_tok(2000, 512);
+    let rows = token_rows(&tok, &generate_corpus(0, 8000, CorpusKind::Pretrain), 128);
+    let cfg = Config::from_json(small_config_json(Arch::Llama, tok.vocab_size(), &SmallShape::default(), Some(0)).unwrap()).unwrap();
+    let (model, vars) = random_model(&cfg, 1).unwrap().into_vars().unwrap();
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig::default()).unwrap();
+    let docs = generate_documents(0, 40, CorpusKind::Heldout);
+    let mut plain = Vec::new();
+    let mut thought = Vec::new();
+    for d in &docs {
+        let problems = d.segments.iter().filter_map(|s| if let Segment::Problem(p) = s { Some(p) } else { None });
+        for (item, p) in d.answer_items().into_iter().zip(problems) {
+            thought.push((format!("{}<think> {}</think>", item.prompt, p.working), item.answer.clone()));
+            plain.push((item.prompt, item.answer));
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let mut step = 0;
+    while t0.elapsed().as_secs_f64() < seconds {
+        let lr = 2e-3 * ((step + 1) as f64 / 50.0).min(1.0);
+        let loss = next_token_loss(&model, &rows[(step * 8) % (rows.len() - 8)..][..8]);
+        let value: f32 = loss.to_scalar().unwrap();
+        opt.step(&loss.backward().unwrap(), lr).unwrap();
+        step += 1;
+        if step % 50 == 0 {
+            println!("step {step:5} | {:6.0} s | tokens {:8} | loss {value:.3}", t0.elapsed().as_secs_f64(), step * 1024);
+        }
+    }
+    let (p, t) = (first_answer_token_logprob(&model, &tok, &plain), first_answer_token_logprob(&model, &tok, &thought));
+    println!("after {step} steps ({} tokens): answer first digit log p: no thought {p:.3}, after the gold thought {t:.3} ({} problems)", step * 1024, plain.len());
+}
