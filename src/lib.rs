@@ -5,9 +5,11 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod flops;
 pub mod model;
 pub mod objective;
+pub mod report;
 pub mod rollout;
 pub mod sampling;
 pub mod tokenizer;

@@ -23,6 +23,10 @@ enum Command {
     Train(cli::TrainArgs),
     /// Train a small byte-level BPE tokenizer on a corpus (for tiny test and demo models).
     TrainTokenizer(cli::TrainTokenizerArgs),
+    /// Evaluate a model: held-out loss, think-then-predict, or a benchmark answered after thinking.
+    Eval(rlp::eval::cli::EvalArgs),
+    /// Collect eval results and training runs into report.md and PNG plots.
+    Report(rlp::report::cli::ReportArgs),
 }
 
 fn main() {
@@ -33,6 +37,8 @@ fn main() {
         Command::Bench(a) => cli::bench(&a),
         Command::Train(a) => cli::train(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
+        Command::Eval(a) => rlp::eval::cli::eval(&a),
+        Command::Report(a) => rlp::report::cli::report(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
