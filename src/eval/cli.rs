@@ -2,10 +2,9 @@
 
 use super::bench::{bench_eval, BenchOptions};
 use super::items::{load_items, task_file};
-use super::think::{think_eval, HeldOut};
+use super::think::{heldout_contexts, think_eval};
 use super::{nll_eval, EvalResult};
 use crate::data::corpus::{Corpus, TokenizedCorpus, TokenizedDocs};
-use crate::data::sampler::PositionSampler;
 use crate::model::{self, Model};
 use crate::rollout::RolloutParams;
 use crate::sampling::SamplingParams;
@@ -104,21 +103,8 @@ fn heldout_docs(a: &EvalArgs, tok: &Tok, min_len: usize) -> Result<TokenizedDocs
     Ok(TokenizedDocs::from_documents((keep..docs.len()).map(|i| (docs.source(i).to_string(), docs.tokens(i).to_vec()))))
 }
 
-/// Held-out contexts from the training position sampler (seeded), `n` of them.
-pub fn heldout_contexts(docs: &TokenizedDocs, n: usize, seed: u64, min_prefix: usize, max_context: usize) -> Result<Vec<HeldOut>> {
-    let per_doc = n.div_ceil(docs.len()).max(1);
-    let corpus = TokenizedCorpus { train: docs.clone(), heldout: TokenizedDocs::default(), skipped_short: 0 };
-    let mut sampler = PositionSampler::new(docs.len(), seed, per_doc, min_prefix, max_context, None)?;
-    Ok(sampler.next_batch(&corpus, n)?.into_iter().map(|c| HeldOut { prefix: c.prefix, target: c.target }).collect())
-}
-
 fn default_out(model: &Path, task: &str) -> PathBuf {
-    let name = model.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    // a checkpoint `RUN/checkpoints/step-N` is named `RUN-step-N`
-    let name = match model.parent().and_then(|p| p.parent()).and_then(|r| r.file_name()) {
-        Some(run) if name.starts_with("step-") => format!("{}-{name}", run.to_string_lossy()),
-        _ => name,
-    };
+    let name = super::model_name(model);
     let task = task.strip_prefix("jsonl:").map(|f| Path::new(f).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()).unwrap_or(task.to_string());
     PathBuf::from("evals").join(name).join(format!("{task}.json"))
 }

@@ -15,7 +15,7 @@ pub mod think;
 
 pub use bench::{bench_eval, BenchOptions};
 pub use nll::nll_eval;
-pub use think::{think_eval, HeldOut};
+pub use think::{heldout_contexts, think_eval, HeldOut};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -62,5 +62,15 @@ impl EvalResult {
             s.push_str(&format!("  {k:<22} {v:>12.4}\n"));
         }
         s
+    }
+}
+
+/// A short name for a model path: the file stem, or `RUN-step-N` for a checkpoint
+/// `RUN/checkpoints/step-N`. Used for default result paths and report columns.
+pub fn model_name(path: &Path) -> String {
+    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    match path.parent().and_then(|p| p.parent()).and_then(|r| r.file_name()) {
+        Some(run) if name.starts_with("step-") => format!("{}-{name}", run.to_string_lossy()),
+        _ => name,
     }
 }

@@ -19,6 +19,8 @@
 //! `prefix <think> c </think> sep` (not from the decode cache), so argmax and log-prob agree.
 
 use super::Metrics;
+use crate::data::corpus::{TokenizedCorpus, TokenizedDocs};
+use crate::data::sampler::PositionSampler;
 use crate::model::Model;
 use crate::rollout::{sample_thoughts, Prompt, RolloutParams};
 use crate::sampling::{argmax, tempered_logprobs};
@@ -99,4 +101,17 @@ pub fn think_eval(model: &Model, contexts: &[HeldOut], p: &RolloutParams, rng: &
     m.insert("thought_len_max".into(), *lens.iter().max().unwrap_or(&0) as f64);
     m.insert("thought_closed_frac".into(), closed as f64 / nk);
     Ok(m)
+}
+
+/// `n` held-out contexts drawn from `docs` by the training `PositionSampler` (seeded by `seed`,
+/// ⌈n / docs⌉ distinct positions per document, prefixes of `min_prefix`..`max_context` tokens).
+/// The trainer can pass its `TokenizedCorpus::heldout` here for periodic evaluation.
+pub fn heldout_contexts(docs: &TokenizedDocs, n: usize, seed: u64, min_prefix: usize, max_context: usize) -> Result<Vec<HeldOut>> {
+    if docs.is_empty() {
+        bail!("no held-out documents to draw positions from: set data.heldout_docs (or --heldout-docs) to at least 1");
+    }
+    let per_doc = n.div_ceil(docs.len()).max(1);
+    let corpus = TokenizedCorpus { train: docs.clone(), heldout: TokenizedDocs::default(), skipped_short: 0 };
+    let mut sampler = PositionSampler::new(docs.len(), seed, per_doc, min_prefix, max_context, None)?;
+    Ok(sampler.next_batch(&corpus, n)?.into_iter().map(|c| HeldOut { prefix: c.prefix, target: c.target }).collect())
 }

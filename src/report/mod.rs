@@ -15,7 +15,7 @@ pub mod cli;
 pub mod plot;
 
 use crate::eval::items::BUNDLED;
-use crate::eval::EvalResult;
+use crate::eval::{model_name, EvalResult};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,16 +72,17 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>
     let mut models: Vec<String> = Vec::new();
     let mut tasks: Vec<String> = Vec::new();
     for e in evals {
-        if !models.contains(&e.model) {
-            models.push(e.model.clone());
+        let name = model_name(Path::new(&e.model));
+        if !models.contains(&name) {
+            models.push(name);
         }
         if !tasks.contains(&e.task) {
             tasks.push(e.task.clone());
         }
     }
     // the last result for each (task, model) wins
-    let cell: BTreeMap<(&str, &str), &EvalResult> = evals.iter().map(|e| ((e.task.as_str(), e.model.as_str()), e)).collect();
-    let value = |task: &str, model: &str, metric: &str, scale: f64| cell.get(&(task, model)).and_then(|e| e.metrics.get(metric)).map(|v| v * scale);
+    let cell: BTreeMap<(String, String), &EvalResult> = evals.iter().map(|e| ((e.task.clone(), model_name(Path::new(&e.model))), e)).collect();
+    let value = |task: &str, model: &str, metric: &str, scale: f64| cell.get(&(task.to_string(), model.to_string())).and_then(|e| e.metrics.get(metric)).map(|v| v * scale);
     let mut rows = Vec::new();
     for t in &tasks {
         let metrics: Vec<(&str, f64)> = match t.as_str() {
