@@ -117,8 +117,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
     let t0 = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
     let sampling = SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: 0 };
+    let round = |x: f32| (x as f64 * 1e6).round() / 1e6; // f32 flags print as 0.699999988 otherwise
     let mut settings = json!({"seed": a.seed, "samples": a.samples, "think_budget": a.think_budget,
-        "temperature": a.temperature, "top_p": a.top_p});
+        "temperature": round(a.temperature), "top_p": round(a.top_p)});
     let (n, metrics, examples) = match a.task.as_str() {
         "nll" => {
             let (m, tok) = load_model(&a.model, true, false)?;

@@ -48,7 +48,7 @@ pub fn run_report(a: &ReportArgs) -> Result<PathBuf> {
         md.push_str("Averages: Math = mean pass@1 over math tasks, Science = mean greedy (and pass@1) over science tasks, Overall = mean of the averages present.\n\n");
         md.push_str(&markdown_table(&inputs.evals));
         let (models, rows) = table(&inputs.evals);
-        let shown: Vec<&(String, Vec<Option<f64>>)> = rows.iter().filter(|r| r.0.contains("pass@1") || r.0.contains("greedy") || r.0.contains("acc_")).collect();
+        let shown: Vec<&(String, Vec<Option<f64>>)> = rows.iter().filter(|r| !r.0.contains("Avg") && !r.0.starts_with("Overall") && (r.0.contains("pass@1") || r.0.contains("greedy") || r.0.contains("acc_"))).collect();
         if !shown.is_empty() {
             let labels: Vec<String> = shown.iter().map(|r| r.0.clone()).collect();
             let values: Vec<Vec<Option<f64>>> = (0..models.len()).map(|m| shown.iter().map(|r| r.1[m]).collect()).collect();

@@ -97,6 +97,7 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>
                     let k = models.iter().find_map(|m| value(t, m, "samples", 1.0)).unwrap_or(0.0);
                     format!("{t} pass@1[{k}]")
                 }
+                _ if t == "nll" => format!("held-out {metric}"),
                 _ => format!("{t} {metric}"),
             };
             if vals.iter().any(Option::is_some) {

@@ -62,7 +62,7 @@ pub fn line_plot(path: &Path, title: &str, y_label: &str, series: &[(String, Vec
 /// Grouped bars: one group per label, one bar per model. `values[m][l]` (None = missing).
 pub fn grouped_bars(path: &Path, title: &str, labels: &[String], models: &[String], values: &[Vec<Option<f64>>]) -> Result<()> {
     register_font()?;
-    let top = values.iter().flatten().flatten().fold(0f64, |a, &b| a.max(b)).max(1e-9) * 1.15;
+    let top = values.iter().flatten().flatten().fold(0f64, |a, &b| a.max(b)).max(1e-9) * 1.4; // headroom for the legend
     let bottom = values.iter().flatten().flatten().fold(0f64, |a, &b| a.min(b)) * 1.15;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
@@ -87,7 +87,7 @@ pub fn grouped_bars(path: &Path, title: &str, labels: &[String], models: &[Strin
                 String::new()
             }
         })
-        .label_style((FONT, 13))
+        .label_style((FONT, 11))
         .y_desc("score")
         .draw()
         .map_err(err(path))?;
@@ -106,7 +106,7 @@ pub fn grouped_bars(path: &Path, title: &str, labels: &[String], models: &[Strin
             .label(name.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
     }
-    chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err(path))?;
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
 }
