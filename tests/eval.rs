@@ -1,12 +1,12 @@
 //! `rlp eval` and `rlp report` on the tiny-rlp fixture: determinism, metric definitions, bad input.
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rlp::eval::cli::{load_model, run_eval, EvalArgs};
 use rlp::eval::{think_eval, HeldOut};
 use rlp::report::cli::{run_report, ReportArgs};
 use rlp::rollout::{no_think_scores, Prompt, RolloutParams};
 use rlp::sampling::SamplingParams;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
 const TINY: &str = "tests/data/tiny-rlp";
@@ -44,7 +44,12 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn same_seed_same_numbers_for_every_task_kind() {
     let dir = tempfile::tempdir().unwrap();
     let set = write(dir.path(), "set.jsonl", "{\"question\": \"What is 2 + 3?\", \"answer\": \"5\"}\n{\"question\": \"Pick\", \"answer\": \"B\", \"choices\": [\"x\", \"y\", \"z\"]}\n");
-    for task in ["think".to_string(), "nll".to_string(), format!("jsonl:{}", set.display()), "gsm8k".to_string()] {
+    for task in [
+        "think".to_string(),
+        "nll".to_string(),
+        format!("jsonl:{}", set.display()),
+        "gsm8k".to_string(),
+    ] {
         let a = run_eval(&args(&task, &dir.path().join("a.json"))).unwrap();
         let b = run_eval(&args(&task, &dir.path().join("b.json"))).unwrap();
         assert_eq!(a.metrics, b.metrics, "{task}");
@@ -75,19 +80,38 @@ fn think_metrics_agree_with_their_definitions() {
 
     // logp_no_think through an independent path: the rollout module's S_ema scorer
     let (model, tok) = load_model(Path::new(TINY), false, true).unwrap();
-    let contexts = vec![HeldOut { prefix: tok.encode("The river ran past the old").unwrap(), target: tok.encode(" mill").unwrap()[0] }];
+    let contexts = vec![HeldOut {
+        prefix: tok.encode("The river ran past the old").unwrap(),
+        target: tok.encode(" mill").unwrap()[0],
+    }];
     let p = RolloutParams {
         g: 2,
         budget: 3,
-        sampling: SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0 },
+        sampling: SamplingParams {
+            temperature: 0.7,
+            top_p: 1.0,
+            top_k: 0,
+        },
         think_id: tok.think_id,
         end_think_id: tok.end_think_id,
         banned: tok.eos_ids.clone(),
         separator: vec![],
     };
     let m = think_eval(&model, &contexts, &p, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-    let s_ema = no_think_scores(&model, &[Prompt { prefix: &contexts[0].prefix, target: contexts[0].target }]).unwrap();
-    assert!((m["logp_no_think"] - s_ema[0] as f64).abs() < 1e-4, "{} vs {}", m["logp_no_think"], s_ema[0]);
+    let s_ema = no_think_scores(
+        &model,
+        &[Prompt {
+            prefix: &contexts[0].prefix,
+            target: contexts[0].target,
+        }],
+    )
+    .unwrap();
+    assert!(
+        (m["logp_no_think"] - s_ema[0] as f64).abs() < 1e-4,
+        "{} vs {}",
+        m["logp_no_think"],
+        s_ema[0]
+    );
 }
 
 #[test]
@@ -110,7 +134,14 @@ fn benchmark_result_file_and_metrics() {
     let out = dir.path().join("mmlu.json");
     let r = run_eval(&args("mmlu", &out)).unwrap();
     assert_eq!(r.n, 6);
-    for key in ["greedy", "pass@1", "no_answer_frac", "thought_len_mean", "thought_closed_frac", "answer_len_mean"] {
+    for key in [
+        "greedy",
+        "pass@1",
+        "no_answer_frac",
+        "thought_len_mean",
+        "thought_closed_frac",
+        "answer_len_mean",
+    ] {
         assert!(r.metrics.contains_key(key), "missing {key}: {:?}", r.metrics);
     }
     let back = rlp::eval::EvalResult::read(&out).unwrap();
@@ -129,16 +160,32 @@ fn benchmark_result_file_and_metrics() {
 #[test]
 fn bad_eval_files_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let err = |file: &Path| format!("{:#}", run_eval(&args(&format!("jsonl:{}", file.display()), &dir.path().join("x.json"))).unwrap_err());
+    let err = |file: &Path| {
+        format!(
+            "{:#}",
+            run_eval(&args(&format!("jsonl:{}", file.display()), &dir.path().join("x.json"))).unwrap_err()
+        )
+    };
     let missing = dir.path().join("nope.jsonl");
     assert!(err(&missing).contains("cannot read eval file") && err(&missing).contains("nope.jsonl"));
-    let bad = write(dir.path(), "bad.jsonl", "{\"question\": \"q\", \"answer\": \"1\"}\n\n{\"question\": \"q\", \"answer\": \n");
+    let bad = write(
+        dir.path(),
+        "bad.jsonl",
+        "{\"question\": \"q\", \"answer\": \"1\"}\n\n{\"question\": \"q\", \"answer\": \n",
+    );
     assert!(err(&bad).contains("bad.jsonl:3: not valid JSON"), "{}", err(&bad));
     let empty = write(dir.path(), "empty.jsonl", "{\"question\": \"q\", \"answer\": \"\"}\n");
-    assert!(err(&empty).contains("empty.jsonl:1: `answer` is empty"), "{}", err(&empty));
+    assert!(
+        err(&empty).contains("empty.jsonl:1: `answer` is empty"),
+        "{}",
+        err(&empty)
+    );
     let nothing = write(dir.path(), "nothing.jsonl", "\n\n");
     assert!(err(&nothing).contains("holds no items"), "{}", err(&nothing));
-    let e = format!("{:#}", run_eval(&args("gsm9k", &dir.path().join("x.json"))).unwrap_err());
+    let e = format!(
+        "{:#}",
+        run_eval(&args("gsm9k", &dir.path().join("x.json"))).unwrap_err()
+    );
     assert!(e.contains("unknown task `gsm9k`"), "{e}");
     let mut a = args("think", &dir.path().join("x.json"));
     a.data = None;
@@ -151,13 +198,21 @@ fn a_model_without_think_tokens_is_refused_with_advice() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(Path::new(TINY).join(f), dir.path().join(f)).unwrap();
     }
-    let texts = ["the river ran past the mill and the lamp", "a lamp by the river, a mill by the lamp"];
+    let texts = [
+        "the river ran past the mill and the lamp",
+        "a lamp by the river, a mill by the lamp",
+    ];
     let tok = rlp::tokenizer::train_byte_level_bpe(texts.iter(), 300, &["<|endoftext|>"]).unwrap();
     tok.save(dir.path().join("tokenizer.json"), false).unwrap();
     let mut a = args("gsm8k", &dir.path().join("x.json"));
     a.model = dir.path().to_path_buf();
     let e = format!("{:#}", run_eval(&a).unwrap_err());
-    assert!(e.contains("has no <think>/</think> tokens") && e.contains("--add-think-tokens") && e.contains("--think-budget 0"), "{e}");
+    assert!(
+        e.contains("has no <think>/</think> tokens")
+            && e.contains("--add-think-tokens")
+            && e.contains("--think-budget 0"),
+        "{e}"
+    );
     // the two ways out both work
     a.think_budget = 0;
     run_eval(&a).unwrap();
@@ -177,15 +232,31 @@ fn report_writes_table_and_pngs() {
     let lines: String = (1..=5).map(|s| format!("{{\"step\": {s}, \"reward_mean\": {}, \"s_pred_mean\": -3.0, \"s_ema_mean\": -2.5, \"thought_len_mean\": {}}}\n", -0.5 + 0.1 * s as f64, 8 + s)).collect();
     write(&run, "metrics.jsonl", &lines);
     let out = dir.path().join("report");
-    let md = run_report(&ReportArgs { dirs: vec![evals, run], out: out.clone() }).unwrap();
+    let md = run_report(&ReportArgs {
+        dirs: vec![evals, run],
+        out: out.clone(),
+    })
+    .unwrap();
     let text = std::fs::read_to_string(md).unwrap();
-    assert!(text.contains("| quartz greedy |") && text.contains("| think acc_think |") && text.contains("| Science Avg (greedy) |"), "{text}");
+    assert!(
+        text.contains("| quartz greedy |")
+            && text.contains("| think acc_think |")
+            && text.contains("| Science Avg (greedy) |"),
+        "{text}"
+    );
     for png in ["eval-scores.png", "run-rewards.png", "run-thought-len.png"] {
         let bytes = std::fs::read(out.join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
         assert!(bytes.len() > 5_000, "{png}: {} bytes", bytes.len());
         assert!(text.contains(png), "{png} not linked");
     }
-    let e = format!("{:#}", run_report(&ReportArgs { dirs: vec![dir.path().join("missing")], out }).unwrap_err());
+    let e = format!(
+        "{:#}",
+        run_report(&ReportArgs {
+            dirs: vec![dir.path().join("missing")],
+            out
+        })
+        .unwrap_err()
+    );
     assert!(e.contains("is not a directory"), "{e}");
 }

@@ -38,9 +38,13 @@ pub fn numbers_in(s: &str) -> Vec<f64> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < c.len() {
-        let neg = (c[i] == '-' || c[i] == '−') && i + 1 < c.len() && c[i + 1].is_ascii_digit() && (i == 0 || !c[i - 1].is_ascii_alphanumeric());
+        let neg = (c[i] == '-' || c[i] == '−')
+            && i + 1 < c.len()
+            && c[i + 1].is_ascii_digit()
+            && (i == 0 || !c[i - 1].is_ascii_alphanumeric());
         let start = if neg { i + 1 } else { i };
-        if start < c.len() && c[start].is_ascii_digit() && (start == 0 || !c[start - 1].is_ascii_alphanumeric() || neg) {
+        if start < c.len() && c[start].is_ascii_digit() && (start == 0 || !c[start - 1].is_ascii_alphanumeric() || neg)
+        {
             let (value, end) = read_number(&c, start);
             out.push(if neg { -value } else { value });
             i = end;
@@ -86,7 +90,9 @@ fn read_number(c: &[char], mut i: usize) -> (f64, usize) {
 
 /// Exactly three digits at c[j..j+3], then no further digit.
 fn is_thousands_group(c: &[char], j: usize) -> bool {
-    j + 3 <= c.len() && c[j..j + 3].iter().all(|d| d.is_ascii_digit()) && c.get(j + 3).is_none_or(|d| !d.is_ascii_digit())
+    j + 3 <= c.len()
+        && c[j..j + 3].iter().all(|d| d.is_ascii_digit())
+        && c.get(j + 3).is_none_or(|d| !d.is_ascii_digit())
 }
 
 /// The text the answer is read from, and whether to take the first number in it (else the last).
@@ -101,7 +107,10 @@ fn answer_span(text: &str) -> (&str, bool) {
     // byte offsets of the lower-cased text equal the original's for ASCII markers only when the
     // text is ASCII; fall back to the whole text otherwise
     if lower.len() == text.len() {
-        let marker = ["answer is", "answer:"].iter().filter_map(|m| lower.rfind(m).map(|p| p + m.len())).max();
+        let marker = ["answer is", "answer:"]
+            .iter()
+            .filter_map(|m| lower.rfind(m).map(|p| p + m.len()))
+            .max();
         if let Some(p) = marker {
             return (&text[p..], true);
         }
@@ -158,11 +167,16 @@ pub fn extract_letter(text: &str, choices: &[String]) -> Option<usize> {
     if let Some(i) = last_boxed(text).and_then(single) {
         return Some(i);
     }
-    if let Some(i) = after_answer_marker(text).and_then(|rest| first_word(rest)).and_then(single) {
+    if let Some(i) = after_answer_marker(text)
+        .and_then(|rest| first_word(rest))
+        .and_then(single)
+    {
         return Some(i);
     }
     let c: Vec<char> = text.chars().collect();
-    let paren = (0..c.len().saturating_sub(2)).rev().find_map(|i| (c[i] == '(' && c[i + 2] == ')').then(|| index(c[i + 1])).flatten());
+    let paren = (0..c.len().saturating_sub(2))
+        .rev()
+        .find_map(|i| (c[i] == '(' && c[i + 2] == ')').then(|| index(c[i + 1])).flatten());
     if paren.is_some() {
         return paren;
     }
@@ -175,7 +189,10 @@ pub fn extract_letter(text: &str, choices: &[String]) -> Option<usize> {
         }
     }
     let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
-    if let Some(i) = choices.iter().position(|ch| norm(ch) == norm(text) && !norm(ch).is_empty()) {
+    if let Some(i) = choices
+        .iter()
+        .position(|ch| norm(ch) == norm(text) && !norm(ch).is_empty())
+    {
         return Some(i);
     }
     (0..c.len()).rev().find_map(|i| {
@@ -194,7 +211,11 @@ fn after_answer_marker(text: &str) -> Option<&str> {
     if lower.len() != text.len() {
         return None;
     }
-    ["answer is", "answer:"].iter().filter_map(|m| lower.rfind(m).map(|p| p + m.len())).max().map(|p| &text[p..])
+    ["answer is", "answer:"]
+        .iter()
+        .filter_map(|m| lower.rfind(m).map(|p| p + m.len()))
+        .max()
+        .map(|p| &text[p..])
 }
 
 fn first_word(s: &str) -> Option<&str> {
@@ -220,7 +241,10 @@ mod tests {
     use super::*;
 
     fn abcd() -> Vec<String> {
-        ["red", "green", "blue", "yellow"].iter().map(|s| s.to_string()).collect()
+        ["red", "green", "blue", "yellow"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     #[test]
@@ -240,7 +264,10 @@ mod tests {
     fn markers_take_precedence_over_the_last_number() {
         assert_eq!(extract_number("So \\boxed{42} and then 7 more lines 9"), Some(42.0));
         assert_eq!(extract_number("5 + 5 = 10\n#### 10\nnext 3"), Some(10.0));
-        assert_eq!(extract_number("The answer is 12 because 3 times 4 is 12 and 99"), Some(12.0));
+        assert_eq!(
+            extract_number("The answer is 12 because 3 times 4 is 12 and 99"),
+            Some(12.0)
+        );
         assert_eq!(extract_number("Answer: 1,050 dollars. I bought 2"), Some(1050.0));
         assert_eq!(extract_number("no number here"), None);
         assert_eq!(extract_number(""), None);
@@ -249,7 +276,10 @@ mod tests {
     #[test]
     fn number_matching_is_tolerant_to_formatting_only() {
         assert!(numbers_match(parse_number("1,234").unwrap(), 1234.0));
-        assert!(numbers_match(parse_number("0.5").unwrap(), parse_number("1/2").unwrap()));
+        assert!(numbers_match(
+            parse_number("0.5").unwrap(),
+            parse_number("1/2").unwrap()
+        ));
         assert!(!numbers_match(12.0, 13.0));
         assert_eq!(parse_number("3 and 4"), None);
     }

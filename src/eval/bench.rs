@@ -74,36 +74,76 @@ pub fn grade(item: &Item, answer: &str) -> Option<bool> {
 }
 
 /// Run a benchmark; returns the metrics and a few example generations (JSON) for the report.
-pub fn bench_eval(model: &Model, tok: &Tok, items: &[Item], o: &BenchOptions, rng: &mut ChaCha8Rng) -> Result<(Metrics, Vec<Value>)> {
+pub fn bench_eval(
+    model: &Model,
+    tok: &Tok,
+    items: &[Item],
+    o: &BenchOptions,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Metrics, Vec<Value>)> {
     let think = o.think_budget > 0;
-    let prompts: Vec<Vec<u32>> = items.iter().map(|it| prompt_ids(tok, it, think)).collect::<Result<_>>()?;
-    let greedy_spec = GenSpec { think_budget: o.think_budget, answer_tokens: o.answer_tokens, sampling: None };
+    let prompts: Vec<Vec<u32>> = items
+        .iter()
+        .map(|it| prompt_ids(tok, it, think))
+        .collect::<Result<_>>()?;
+    let greedy_spec = GenSpec {
+        think_budget: o.think_budget,
+        answer_tokens: o.answer_tokens,
+        sampling: None,
+    };
     let greedy = generate_batched(model, tok, &prompts, &greedy_spec, o.batch, rng)?;
-    let sampled_prompts: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat(p.clone()).take(o.samples)).collect();
-    let sample_spec = GenSpec { sampling: Some(o.sampling), ..greedy_spec };
+    let sampled_prompts: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat(p.clone()).take(o.samples))
+        .collect();
+    let sample_spec = GenSpec {
+        sampling: Some(o.sampling),
+        ..greedy_spec
+    };
     let sampled = generate_batched(model, tok, &sampled_prompts, &sample_spec, o.batch, rng)?;
 
     let mut m = Metrics::new();
     let graded = |gens: &[Generation], item_of: &dyn Fn(usize) -> usize| -> Result<Vec<Option<bool>>> {
-        gens.iter().enumerate().map(|(i, g)| Ok(grade(&items[item_of(i)], &tok.decode(&g.answer)?))).collect()
+        gens.iter()
+            .enumerate()
+            .map(|(i, g)| Ok(grade(&items[item_of(i)], &tok.decode(&g.answer)?)))
+            .collect()
     };
     let greedy_grades = graded(&greedy, &|i| i)?;
     let k = o.samples.max(1);
     let sample_grades = graded(&sampled, &|i| i / k)?;
     let right = |g: &Option<bool>| if *g == Some(true) { 1.0 } else { 0.0 };
-    m.insert("greedy".into(), greedy_grades.iter().map(right).sum::<f64>() / items.len() as f64);
+    m.insert(
+        "greedy".into(),
+        greedy_grades.iter().map(right).sum::<f64>() / items.len() as f64,
+    );
     if o.samples > 0 {
-        m.insert("pass@1".into(), sample_grades.iter().map(right).sum::<f64>() / sampled.len() as f64);
+        m.insert(
+            "pass@1".into(),
+            sample_grades.iter().map(right).sum::<f64>() / sampled.len() as f64,
+        );
         m.insert("samples".into(), o.samples as f64);
     }
     let all: Vec<&Generation> = greedy.iter().chain(&sampled).collect();
     let grades: Vec<&Option<bool>> = greedy_grades.iter().chain(&sample_grades).collect();
     let n = all.len() as f64;
-    m.insert("no_answer_frac".into(), grades.iter().filter(|g| g.is_none()).count() as f64 / n);
-    m.insert("answer_len_mean".into(), all.iter().map(|g| g.answer.len() as f64).sum::<f64>() / n);
+    m.insert(
+        "no_answer_frac".into(),
+        grades.iter().filter(|g| g.is_none()).count() as f64 / n,
+    );
+    m.insert(
+        "answer_len_mean".into(),
+        all.iter().map(|g| g.answer.len() as f64).sum::<f64>() / n,
+    );
     if think {
-        m.insert("thought_len_mean".into(), all.iter().map(|g| g.thought.len() as f64).sum::<f64>() / n);
-        m.insert("thought_closed_frac".into(), all.iter().filter(|g| g.closed).count() as f64 / n);
+        m.insert(
+            "thought_len_mean".into(),
+            all.iter().map(|g| g.thought.len() as f64).sum::<f64>() / n,
+        );
+        m.insert(
+            "thought_closed_frac".into(),
+            all.iter().filter(|g| g.closed).count() as f64 / n,
+        );
     }
     let examples = items
         .iter()
@@ -117,7 +157,14 @@ pub fn bench_eval(model: &Model, tok: &Tok, items: &[Item], o: &BenchOptions, rn
     Ok((m, examples))
 }
 
-fn generate_batched(model: &Model, tok: &Tok, prompts: &[Vec<u32>], spec: &GenSpec, batch: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Generation>> {
+fn generate_batched(
+    model: &Model,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    spec: &GenSpec,
+    batch: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Generation>> {
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch.max(1)) {
         out.extend(think_then_answer(model, tok, chunk, spec, rng)?);
@@ -130,12 +177,20 @@ mod tests {
     use super::*;
 
     fn item(answer: &str, choices: &[&str]) -> Item {
-        Item { id: "t".into(), question: "Q?".into(), answer: answer.into(), choices: choices.iter().map(|s| s.to_string()).collect() }
+        Item {
+            id: "t".into(),
+            question: "Q?".into(),
+            answer: answer.into(),
+            choices: choices.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn prompt_layout() {
-        assert_eq!(prompt_text(&item("B", &["x", "y"])), "Question: Q?\nA. x\nB. y\nAnswer:");
+        assert_eq!(
+            prompt_text(&item("B", &["x", "y"])),
+            "Question: Q?\nA. x\nB. y\nAnswer:"
+        );
         assert_eq!(prompt_text(&item("3", &[])), "Question: Q?\nAnswer:");
     }
 

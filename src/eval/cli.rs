@@ -73,7 +73,12 @@ pub struct EvalArgs {
 /// Load the model and tokenizer; grow the embedding when think tokens were added.
 pub fn load_model(path: &Path, add_think_tokens: bool, need_think: bool) -> Result<(Model, Tok)> {
     let loaded = model::weights::load(path)?;
-    let raw = loaded.tokenizer.with_context(|| format!("{} has no tokenizer.json; rlp eval needs the model's tokenizer next to its weights", path.display()))?;
+    let raw = loaded.tokenizer.with_context(|| {
+        format!(
+            "{} has no tokenizer.json; rlp eval needs the model's tokenizer next to its weights",
+            path.display()
+        )
+    })?;
     let src = path.display().to_string();
     let tok = match Tok::from_tokenizer(raw.clone(), add_think_tokens || !need_think, &src) {
         Ok(t) => t,
@@ -92,20 +97,40 @@ pub fn load_model(path: &Path, add_think_tokens: bool, need_think: bool) -> Resu
 
 /// Held-out documents of the corpus: its last `heldout` documents with ≥ `min_len` tokens.
 fn heldout_docs(a: &EvalArgs, tok: &Tok, min_len: usize) -> Result<TokenizedDocs> {
-    let path = a.data.as_ref().with_context(|| format!("--task {} needs --data CORPUS (a .txt/.jsonl file or directory)", a.task))?;
+    let path = a.data.as_ref().with_context(|| {
+        format!(
+            "--task {} needs --data CORPUS (a .txt/.jsonl file or directory)",
+            a.task
+        )
+    })?;
     let corpus = Corpus::open(path, &a.text_field)?;
     // keep at least one document on the training side, as TokenizedCorpus requires
     let docs = TokenizedCorpus::build(&corpus, |t| tok.encode(t), min_len, 0)?.train;
     if a.heldout_docs == 0 || a.heldout_docs > docs.len() {
-        bail!("--heldout-docs {} is out of range: corpus {} has {} documents of at least {min_len} tokens", a.heldout_docs, path.display(), docs.len());
+        bail!(
+            "--heldout-docs {} is out of range: corpus {} has {} documents of at least {min_len} tokens",
+            a.heldout_docs,
+            path.display(),
+            docs.len()
+        );
     }
     let keep = docs.len() - a.heldout_docs;
-    Ok(TokenizedDocs::from_documents((keep..docs.len()).map(|i| (docs.source(i).to_string(), docs.tokens(i).to_vec()))))
+    Ok(TokenizedDocs::from_documents(
+        (keep..docs.len()).map(|i| (docs.source(i).to_string(), docs.tokens(i).to_vec())),
+    ))
 }
 
 fn default_out(model: &Path, task: &str) -> PathBuf {
     let name = super::model_name(model);
-    let task = task.strip_prefix("jsonl:").map(|f| Path::new(f).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()).unwrap_or(task.to_string());
+    let task = task
+        .strip_prefix("jsonl:")
+        .map(|f| {
+            Path::new(f)
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        })
+        .unwrap_or(task.to_string());
     PathBuf::from("evals").join(name).join(format!("{task}.json"))
 }
 
@@ -116,7 +141,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
     }
     let t0 = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
-    let sampling = SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: 0 };
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: 0,
+    };
     let round = |x: f32| (x as f64 * 1e6).round() / 1e6; // f32 flags print as 0.699999988 otherwise
     let mut settings = json!({"seed": a.seed, "samples": a.samples, "think_budget": a.think_budget,
         "temperature": round(a.temperature), "top_p": round(a.top_p)});
@@ -134,7 +163,8 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
                     budget -= take - 1;
                 }
             }
-            settings = json!({"data": a.data, "heldout_docs": a.heldout_docs, "max_context": a.max_context, "limit": a.limit});
+            settings =
+                json!({"data": a.data, "heldout_docs": a.heldout_docs, "max_context": a.max_context, "limit": a.limit});
             let metrics = nll_eval(&m, &tok, &cut, a.max_context)?;
             (metrics["tokens"] as usize, metrics, vec![])
         }
@@ -148,7 +178,15 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
             let mut banned = tok.eos_ids.clone();
             banned.push(tok.think_id);
             banned.extend(tok.vocab_size() as u32..m.cfg.vocab_size as u32);
-            let p = RolloutParams { g: a.samples, budget: a.think_budget, sampling, think_id: tok.think_id, end_think_id: tok.end_think_id, banned, separator: vec![] };
+            let p = RolloutParams {
+                g: a.samples,
+                budget: a.think_budget,
+                sampling,
+                think_id: tok.think_id,
+                end_think_id: tok.end_think_id,
+                banned,
+                separator: vec![],
+            };
             settings["data"] = json!(a.data);
             settings["heldout_docs"] = json!(a.heldout_docs);
             settings["min_prefix"] = json!(a.min_prefix);
@@ -160,7 +198,13 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
             let mut items = load_items(&file)?;
             items.truncate(a.limit.unwrap_or(usize::MAX));
             let (m, tok) = load_model(&a.model, a.add_think_tokens, a.think_budget > 0)?;
-            let o = BenchOptions { samples: a.samples, think_budget: a.think_budget, answer_tokens: a.answer_tokens, sampling, batch: a.batch };
+            let o = BenchOptions {
+                samples: a.samples,
+                think_budget: a.think_budget,
+                answer_tokens: a.answer_tokens,
+                sampling,
+                batch: a.batch,
+            };
             settings["answer_tokens"] = json!(a.answer_tokens);
             settings["file"] = json!(file);
             let (metrics, examples) = bench_eval(&m, &tok, &items, &o, &mut rng)?;
@@ -168,7 +212,14 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
         }
     };
     settings["seconds"] = json!(t0.elapsed().as_secs_f64());
-    let result = EvalResult { task: a.task.clone(), model: a.model.display().to_string(), n, metrics, settings, examples };
+    let result = EvalResult {
+        task: a.task.clone(),
+        model: a.model.display().to_string(),
+        n,
+        metrics,
+        settings,
+        examples,
+    };
     let out = a.out.clone().unwrap_or_else(|| default_out(&a.model, &a.task));
     result.write(&out)?;
     print!("{}", result.table());

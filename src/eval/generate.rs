@@ -44,12 +44,19 @@ struct Row {
 }
 
 /// Generate for every prompt (rows are independent; `rng` is consumed in row order each step).
-pub fn think_then_answer(model: &Model, tok: &Tok, prompts: &[Vec<u32>], spec: &GenSpec, rng: &mut ChaCha8Rng) -> Result<Vec<Generation>> {
+pub fn think_then_answer(
+    model: &Model,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    spec: &GenSpec,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Ok(vec![]);
     }
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let (logits, mut cache): (_, KvCache) = model.prefill(prompts, longest + spec.think_budget + 1 + spec.answer_tokens)?;
+    let (logits, mut cache): (_, KvCache) =
+        model.prefill(prompts, longest + spec.think_budget + 1 + spec.answer_tokens)?;
     let mut logits: Vec<Vec<f32>> = logits.to_vec2::<f32>()?;
     let out_of_vocab = tok.vocab_size() as u32..model.cfg.vocab_size as u32;
     let mut thought_ban: Vec<u32> = tok.eos_ids.clone();
@@ -57,8 +64,24 @@ pub fn think_then_answer(model: &Model, tok: &Tok, prompts: &[Vec<u32>], spec: &
     thought_ban.extend(out_of_vocab.clone());
     let mut answer_ban = vec![tok.think_id, tok.end_think_id];
     answer_ban.extend(out_of_vocab);
-    let first_phase = || if spec.think_budget > 0 { Phase::Thought } else { Phase::Answer };
-    let mut rows: Vec<Row> = (0..prompts.len()).map(|slot| Row { slot, phase: first_phase(), gen: Generation { thought: vec![], closed: false, answer: vec![] } }).collect();
+    let first_phase = || {
+        if spec.think_budget > 0 {
+            Phase::Thought
+        } else {
+            Phase::Answer
+        }
+    };
+    let mut rows: Vec<Row> = (0..prompts.len())
+        .map(|slot| Row {
+            slot,
+            phase: first_phase(),
+            gen: Generation {
+                thought: vec![],
+                closed: false,
+                answer: vec![],
+            },
+        })
+        .collect();
     let mut done: Vec<Option<Generation>> = vec![None; prompts.len()];
     let pick = |l: &[f32], banned: &[u32], rng: &mut ChaCha8Rng| match &spec.sampling {
         Some(p) => sample(l, p, banned, rng).0,
@@ -114,7 +137,14 @@ pub fn think_then_answer(model: &Model, tok: &Tok, prompts: &[Vec<u32>], spec: &
                 }
             };
             if finished {
-                done[row.slot] = Some(std::mem::replace(&mut row.gen, Generation { thought: vec![], closed: false, answer: vec![] }));
+                done[row.slot] = Some(std::mem::replace(
+                    &mut row.gen,
+                    Generation {
+                        thought: vec![],
+                        closed: false,
+                        answer: vec![],
+                    },
+                ));
             } else {
                 feed.push(next);
                 keep.push(r);
@@ -127,7 +157,10 @@ pub fn think_then_answer(model: &Model, tok: &Tok, prompts: &[Vec<u32>], spec: &
             let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
             cache = cache.select_rows(&idx)?;
             let mut all: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-            rows = keep.iter().map(|&r| all[r].take().expect("each row kept once")).collect();
+            rows = keep
+                .iter()
+                .map(|&r| all[r].take().expect("each row kept once"))
+                .collect();
         }
         logits = model.decode_step(&feed, &mut cache)?.to_vec2::<f32>()?;
     }

@@ -71,14 +71,22 @@ pub fn task_file(task: &str) -> Result<PathBuf> {
         Some((_, file, _)) => Ok(eval_data_dir().join(file)),
         None => {
             let names: Vec<&str> = BUNDLED.iter().map(|b| b.0).collect();
-            bail!("unknown task `{task}`: use nll, think, jsonl:FILE or one of {}", names.join(", "))
+            bail!(
+                "unknown task `{task}`: use nll, think, jsonl:FILE or one of {}",
+                names.join(", ")
+            )
         }
     }
 }
 
 /// Read every item of a JSONL eval file; errors name `file:line`.
 pub fn load_items(path: &Path) -> Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read eval file {}: check the path (bundled sets live in data/eval/, or set RLP_EVAL_DATA)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read eval file {}: check the path (bundled sets live in data/eval/, or set RLP_EVAL_DATA)",
+            path.display()
+        )
+    })?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -88,14 +96,19 @@ pub fn load_items(path: &Path) -> Result<Vec<Item>> {
         items.push(parse_item(line, &at)?);
     }
     if items.is_empty() {
-        bail!("eval file {} holds no items: write one JSON object per line, {{\"question\": …, \"answer\": …}}", path.display());
+        bail!(
+            "eval file {} holds no items: write one JSON object per line, {{\"question\": …, \"answer\": …}}",
+            path.display()
+        );
     }
     Ok(items)
 }
 
 fn parse_item(line: &str, at: &str) -> Result<Item> {
     let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{at}: not valid JSON"))?;
-    let obj = v.as_object().with_context(|| format!("{at}: expected an object {{\"question\": …, \"answer\": …}}"))?;
+    let obj = v
+        .as_object()
+        .with_context(|| format!("{at}: expected an object {{\"question\": …, \"answer\": …}}"))?;
     let string = |key: &str| -> Result<Option<String>> {
         match obj.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -110,13 +123,19 @@ fn parse_item(line: &str, at: &str) -> Result<Item> {
         bail!("{at}: `question` is empty");
     }
     if answer.trim().is_empty() {
-        bail!("{at}: `answer` is empty: give the reference answer (a number, a letter with `choices`, or a short text)");
+        bail!(
+            "{at}: `answer` is empty: give the reference answer (a number, a letter with `choices`, or a short text)"
+        );
     }
     let choices: Vec<String> = match obj.get("choices") {
         None | Some(serde_json::Value::Null) => vec![],
         Some(serde_json::Value::Array(a)) => a
             .iter()
-            .map(|c| c.as_str().map(str::to_string).with_context(|| format!("{at}: every entry of `choices` must be a string")))
+            .map(|c| {
+                c.as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{at}: every entry of `choices` must be a string"))
+            })
             .collect::<Result<_>>()?,
         Some(_) => bail!("{at}: `choices` must be an array of strings"),
     };
@@ -125,11 +144,20 @@ fn parse_item(line: &str, at: &str) -> Result<Item> {
             bail!("{at}: `choices` has {} entries; give 2 to 10", choices.len());
         }
         if letter_index(&answer, choices.len()).is_none() {
-            bail!("{at}: with {} choices `answer` must be a letter A..{}, got {answer:?}", choices.len(), super::answer::letter(choices.len() - 1));
+            bail!(
+                "{at}: with {} choices `answer` must be a letter A..{}, got {answer:?}",
+                choices.len(),
+                super::answer::letter(choices.len() - 1)
+            );
         }
     }
     let id = string("id")?.unwrap_or_else(|| at.to_string());
-    Ok(Item { id, question, answer, choices })
+    Ok(Item {
+        id,
+        question,
+        answer,
+        choices,
+    })
 }
 
 #[cfg(test)]

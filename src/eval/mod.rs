@@ -52,7 +52,12 @@ impl EvalResult {
 
     pub fn read(path: &Path) -> Result<EvalResult> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not an rlp eval result (expected {{\"task\", \"model\", \"n\", \"metrics\"}})", path.display()))
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not an rlp eval result (expected {{\"task\", \"model\", \"n\", \"metrics\"}})",
+                path.display()
+            )
+        })
     }
 
     /// A short two-column table for the terminal.
@@ -68,7 +73,10 @@ impl EvalResult {
 /// A short name for a model path: the file stem, or `RUN-step-N` for a checkpoint
 /// `RUN/checkpoints/step-N`. Used for default result paths and report columns.
 pub fn model_name(path: &Path) -> String {
-    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
     match path.parent().and_then(|p| p.parent()).and_then(|r| r.file_name()) {
         Some(run) if name.starts_with("step-") => format!("{}-{name}", run.to_string_lossy()),
         _ => name,

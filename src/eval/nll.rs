@@ -24,7 +24,10 @@ pub fn windows(doc: &[u32], max_context: usize) -> Vec<&[u32]> {
     if doc.len() < 2 || max_context == 0 {
         return vec![];
     }
-    (0..doc.len() - 1).step_by(max_context).map(|s| &doc[s..(s + max_context + 1).min(doc.len())]).collect()
+    (0..doc.len() - 1)
+        .step_by(max_context)
+        .map(|s| &doc[s..(s + max_context + 1).min(doc.len())])
+        .collect()
 }
 
 /// Loss metrics over `docs` (token ids); see the module docs.
@@ -56,7 +59,10 @@ pub fn nll_eval(model: &Model, tok: &Tok, docs: &[&[u32]], max_context: usize) -
     let mut m = Metrics::new();
     m.insert("nll".into(), nll / tokens as f64);
     m.insert("ppl".into(), (nll / tokens as f64).exp());
-    m.insert("bits_per_byte".into(), nll / std::f64::consts::LN_2 / bytes.max(1) as f64);
+    m.insert(
+        "bits_per_byte".into(),
+        nll / std::f64::consts::LN_2 / bytes.max(1) as f64,
+    );
     m.insert("tokens".into(), tokens as f64);
     m.insert("bytes".into(), bytes as f64);
     Ok(m)

@@ -64,10 +64,25 @@ pub fn think_eval(model: &Model, contexts: &[HeldOut], p: &RolloutParams, rng: &
     let mut lens = Vec::new();
     let mut closed = 0usize;
     for chunk in contexts.chunks(SCORE_BATCH.div_ceil(p.g).max(1)) {
-        let prompts: Vec<Prompt> = chunk.iter().map(|c| Prompt { prefix: &c.prefix, target: c.target }).collect();
+        let prompts: Vec<Prompt> = chunk
+            .iter()
+            .map(|c| Prompt {
+                prefix: &c.prefix,
+                target: c.target,
+            })
+            .collect();
         for (c, thoughts) in chunk.iter().zip(sample_thoughts(model, &prompts, p, rng)?) {
             for t in thoughts {
-                rows.push([c.prefix.as_slice(), &[p.think_id], &t.ids, &[p.end_think_id], &p.separator].concat());
+                rows.push(
+                    [
+                        c.prefix.as_slice(),
+                        &[p.think_id],
+                        &t.ids,
+                        &[p.end_think_id],
+                        &p.separator,
+                    ]
+                    .concat(),
+                );
                 row_targets.push(c.target);
                 lens.push(t.ids.len());
                 closed += t.closed as usize;
@@ -86,15 +101,29 @@ pub fn think_eval(model: &Model, contexts: &[HeldOut], p: &RolloutParams, rng: &
     let logp_think = mean(&mut after.iter().map(|a| a.0), nk);
     let best: Vec<(f64, bool)> = after
         .chunks(p.g)
-        .map(|g| (g.iter().map(|a| a.0).fold(f64::NEG_INFINITY, f64::max), g.iter().any(|a| a.1)))
+        .map(|g| {
+            (
+                g.iter().map(|a| a.0).fold(f64::NEG_INFINITY, f64::max),
+                g.iter().any(|a| a.1),
+            )
+        })
         .collect();
     let logp_best = mean(&mut best.iter().map(|b| b.0), n);
     m.insert("logp_no_think".into(), logp_no);
-    m.insert("acc_no_think".into(), mean(&mut base.iter().map(|b| b.1 as u8 as f64), n));
+    m.insert(
+        "acc_no_think".into(),
+        mean(&mut base.iter().map(|b| b.1 as u8 as f64), n),
+    );
     m.insert("logp_think".into(), logp_think);
-    m.insert("acc_think".into(), mean(&mut after.iter().map(|a| a.1 as u8 as f64), nk));
+    m.insert(
+        "acc_think".into(),
+        mean(&mut after.iter().map(|a| a.1 as u8 as f64), nk),
+    );
     m.insert("logp_think_best".into(), logp_best);
-    m.insert("acc_think_best".into(), mean(&mut best.iter().map(|b| b.1 as u8 as f64), n));
+    m.insert(
+        "acc_think_best".into(),
+        mean(&mut best.iter().map(|b| b.1 as u8 as f64), n),
+    );
     m.insert("info_gain".into(), logp_think - logp_no);
     m.insert("info_gain_best".into(), logp_best - logp_no);
     m.insert("thought_len_mean".into(), lens.iter().sum::<usize>() as f64 / nk);
@@ -106,12 +135,29 @@ pub fn think_eval(model: &Model, contexts: &[HeldOut], p: &RolloutParams, rng: &
 /// `n` held-out contexts drawn from `docs` by the training `PositionSampler` (seeded by `seed`,
 /// ⌈n / docs⌉ distinct positions per document, prefixes of `min_prefix`..`max_context` tokens).
 /// The trainer can pass its `TokenizedCorpus::heldout` here for periodic evaluation.
-pub fn heldout_contexts(docs: &TokenizedDocs, n: usize, seed: u64, min_prefix: usize, max_context: usize) -> Result<Vec<HeldOut>> {
+pub fn heldout_contexts(
+    docs: &TokenizedDocs,
+    n: usize,
+    seed: u64,
+    min_prefix: usize,
+    max_context: usize,
+) -> Result<Vec<HeldOut>> {
     if docs.is_empty() {
         bail!("no held-out documents to draw positions from: set data.heldout_docs (or --heldout-docs) to at least 1");
     }
     let per_doc = n.div_ceil(docs.len()).max(1);
-    let corpus = TokenizedCorpus { train: docs.clone(), heldout: TokenizedDocs::default(), skipped_short: 0 };
+    let corpus = TokenizedCorpus {
+        train: docs.clone(),
+        heldout: TokenizedDocs::default(),
+        skipped_short: 0,
+    };
     let mut sampler = PositionSampler::new(docs.len(), seed, per_doc, min_prefix, max_context, None)?;
-    Ok(sampler.next_batch(&corpus, n)?.into_iter().map(|c| HeldOut { prefix: c.prefix, target: c.target }).collect())
+    Ok(sampler
+        .next_batch(&corpus, n)?
+        .into_iter()
+        .map(|c| HeldOut {
+            prefix: c.prefix,
+            target: c.target,
+        })
+        .collect())
 }

@@ -33,12 +33,18 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Inputs> {
     let mut inputs = Inputs::default();
     for d in dirs {
         if !d.is_dir() {
-            anyhow::bail!("{} is not a directory: give run directories (with metrics.jsonl) or directories of eval .json files", d.display());
+            anyhow::bail!(
+                "{} is not a directory: give run directories (with metrics.jsonl) or directories of eval .json files",
+                d.display()
+            );
         }
         scan(d, 0, &mut inputs)?;
     }
     if inputs.evals.is_empty() && inputs.runs.is_empty() {
-        anyhow::bail!("found no eval results (*.json from rlp eval) and no run directory (metrics.jsonl) in {:?}", dirs);
+        anyhow::bail!(
+            "found no eval results (*.json from rlp eval) and no run directory (metrics.jsonl) in {:?}",
+            dirs
+        );
     }
     Ok(inputs)
 }
@@ -47,7 +53,10 @@ fn scan(dir: &Path, depth: usize, inputs: &mut Inputs) -> Result<()> {
     if dir.join("metrics.jsonl").is_file() {
         inputs.runs.push(dir.to_path_buf());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() && depth < 1 && p.file_name().is_some_and(|n| n != "checkpoints") {
@@ -81,8 +90,15 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>
         }
     }
     // the last result for each (task, model) wins
-    let cell: BTreeMap<(String, String), &EvalResult> = evals.iter().map(|e| ((e.task.clone(), model_name(Path::new(&e.model))), e)).collect();
-    let value = |task: &str, model: &str, metric: &str, scale: f64| cell.get(&(task.to_string(), model.to_string())).and_then(|e| e.metrics.get(metric)).map(|v| v * scale);
+    let cell: BTreeMap<(String, String), &EvalResult> = evals
+        .iter()
+        .map(|e| ((e.task.clone(), model_name(Path::new(&e.model))), e))
+        .collect();
+    let value = |task: &str, model: &str, metric: &str, scale: f64| {
+        cell.get(&(task.to_string(), model.to_string()))
+            .and_then(|e| e.metrics.get(metric))
+            .map(|v| v * scale)
+    };
     let mut rows = Vec::new();
     for t in &tasks {
         let metrics: Vec<(&str, f64)> = match t.as_str() {
@@ -106,7 +122,11 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>
         }
     }
     let avg = |group: &str, metric: &str, m: &str| -> Option<f64> {
-        let xs: Vec<f64> = tasks.iter().filter(|t| task_group(t) == Some(group)).filter_map(|t| value(t, m, metric, 100.0)).collect();
+        let xs: Vec<f64> = tasks
+            .iter()
+            .filter(|t| task_group(t) == Some(group))
+            .filter_map(|t| value(t, m, metric, 100.0))
+            .collect();
         (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
     };
     let math: Vec<Option<f64>> = models.iter().map(|m| avg("math", "pass@1", m)).collect();
@@ -118,7 +138,12 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>
             (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
         })
         .collect();
-    for (label, vals) in [("Math Avg (pass@1)", math), ("Science Avg (greedy)", sci), ("Science Avg@1", sci1), ("Overall", overall)] {
+    for (label, vals) in [
+        ("Math Avg (pass@1)", math),
+        ("Science Avg (greedy)", sci),
+        ("Science Avg@1", sci1),
+        ("Overall", overall),
+    ] {
         if vals.iter().any(Option::is_some) {
             rows.push((label.to_string(), vals));
         }
@@ -129,9 +154,16 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>
 /// The markdown table.
 pub fn markdown_table(evals: &[EvalResult]) -> String {
     let (models, rows) = table(evals);
-    let mut s = format!("| metric | {} |\n|---|{}\n", models.join(" | "), "---|".repeat(models.len()));
+    let mut s = format!(
+        "| metric | {} |\n|---|{}\n",
+        models.join(" | "),
+        "---|".repeat(models.len())
+    );
     for (label, vals) in rows {
-        let cells: Vec<String> = vals.iter().map(|v| v.map_or("–".into(), |x| format!("{x:.2}"))).collect();
+        let cells: Vec<String> = vals
+            .iter()
+            .map(|v| v.map_or("–".into(), |x| format!("{x:.2}")))
+            .collect();
         s.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
     }
     s
@@ -144,20 +176,37 @@ mod tests {
 
     fn result(task: &str, model: &str, metrics: &[(&str, f64)]) -> EvalResult {
         let metrics: Metrics = metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        EvalResult { task: task.into(), model: model.into(), n: 10, metrics, settings: serde_json::Value::Null, examples: vec![] }
+        EvalResult {
+            task: task.into(),
+            model: model.into(),
+            n: 10,
+            metrics,
+            settings: serde_json::Value::Null,
+            examples: vec![],
+        }
     }
 
     #[test]
     fn averages_follow_the_paper_layout() {
         let evals = vec![
             result("gsm8k", "base", &[("greedy", 0.5), ("pass@1", 0.4), ("samples", 4.0)]),
-            result("bb-arithmetic", "base", &[("greedy", 0.3), ("pass@1", 0.2), ("samples", 4.0)]),
+            result(
+                "bb-arithmetic",
+                "base",
+                &[("greedy", 0.3), ("pass@1", 0.2), ("samples", 4.0)],
+            ),
             result("mmlu", "base", &[("greedy", 0.6), ("pass@1", 0.5), ("samples", 4.0)]),
             result("mmlu", "rlp", &[("greedy", 0.7), ("pass@1", 0.6), ("samples", 4.0)]),
         ];
         let (models, rows) = table(&evals);
         assert_eq!(models, vec!["base", "rlp"]);
-        let row = |l: &str| rows.iter().find(|r| r.0 == l).unwrap_or_else(|| panic!("no row {l}: {rows:?}")).1.clone();
+        let row = |l: &str| {
+            rows.iter()
+                .find(|r| r.0 == l)
+                .unwrap_or_else(|| panic!("no row {l}: {rows:?}"))
+                .1
+                .clone()
+        };
         let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-9;
         assert!(close(row("Math Avg (pass@1)")[0], 30.0));
         assert_eq!(row("Math Avg (pass@1)")[1], None);

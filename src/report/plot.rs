@@ -9,13 +9,25 @@ use std::sync::Once;
 
 const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (900, 540);
-const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut res = Ok(());
     ONCE.call_once(|| {
-        res = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/fonts/DejaVuSans.ttf")).map_err(|_| anyhow!("the embedded DejaVu Sans font did not load"));
+        res = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../../assets/fonts/DejaVuSans.ttf"),
+        )
+        .map_err(|_| anyhow!("the embedded DejaVu Sans font did not load"));
     });
     res
 }
@@ -45,7 +57,13 @@ pub fn line_plot(path: &Path, title: &str, y_label: &str, series: &[(String, Vec
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
         .map_err(err(path))?;
-    chart.configure_mesh().x_desc("step").y_desc(y_label).label_style((FONT, 14)).draw().map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(y_label)
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(err(path))?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         chart
@@ -54,13 +72,25 @@ pub fn line_plot(path: &Path, title: &str, y_label: &str, series: &[(String, Vec
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err(path))?;
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
 }
 
 /// Grouped bars: one group per label, one bar per model. `values[m][l]` (None = missing).
-pub fn grouped_bars(path: &Path, title: &str, labels: &[String], models: &[String], values: &[Vec<Option<f64>>]) -> Result<()> {
+pub fn grouped_bars(
+    path: &Path,
+    title: &str,
+    labels: &[String],
+    models: &[String],
+    values: &[Vec<Option<f64>>],
+) -> Result<()> {
     register_font()?;
     let top = values.iter().flatten().flatten().fold(0f64, |a, &b| a.max(b)).max(1e-9) * 1.4; // headroom for the legend
     let bottom = values.iter().flatten().flatten().fold(0f64, |a, &b| a.min(b)) * 1.15;
@@ -106,7 +136,14 @@ pub fn grouped_bars(path: &Path, title: &str, labels: &[String], models: &[Strin
             .label(name.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).label_font((FONT, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err(path))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
 }
