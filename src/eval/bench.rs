@@ -94,7 +94,7 @@ pub fn bench_eval(
     let greedy = generate_batched(model, tok, &prompts, &greedy_spec, o.batch, rng)?;
     let sampled_prompts: Vec<Vec<u32>> = prompts
         .iter()
-        .flat_map(|p| std::iter::repeat(p.clone()).take(o.samples))
+        .flat_map(|p| std::iter::repeat_n(p.clone(), o.samples))
         .collect();
     let sample_spec = GenSpec {
         sampling: Some(o.sampling),

@@ -43,7 +43,7 @@ pub fn nll_eval(model: &Model, tok: &Tok, docs: &[&[u32]], max_context: usize) -
         let mut targets = Vec::with_capacity(batch.len() * t);
         for w in batch {
             targets.extend_from_slice(&w[1..]);
-            targets.extend(std::iter::repeat(0u32).take(t - (w.len() - 1)));
+            targets.extend(std::iter::repeat_n(0u32, t - (w.len() - 1)));
         }
         let logits = model.forward_logits(&inputs)?; // [B, T, V]
         let targets_t = Tensor::from_vec(targets.clone(), (batch.len(), t), &Device::Cpu)?;

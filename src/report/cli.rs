@@ -1,7 +1,7 @@
 //! `rlp report RUN_OR_EVAL_DIRS... --out DIR`: report.md plus PNG plots.
 
 use super::plot::{grouped_bars, line_plot};
-use super::{collect, markdown_table, table};
+use super::{collect, markdown_table, table, Series};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::fmt::Write as _;
@@ -18,7 +18,7 @@ pub struct ReportArgs {
 }
 
 /// Series `(step, value)` of each key in a run's metrics.jsonl (lines without the key skipped).
-pub fn run_series(run: &Path, keys: &[&str]) -> Result<Vec<(String, Vec<(f64, f64)>)>> {
+pub fn run_series(run: &Path, keys: &[&str]) -> Result<Vec<Series>> {
     let path = run.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out: Vec<(String, Vec<(f64, f64)>)> = keys.iter().map(|k| (k.to_string(), vec![])).collect();

@@ -76,8 +76,14 @@ pub fn task_group(task: &str) -> Option<&'static str> {
     BUNDLED.iter().find(|b| b.0 == task).map(|b| b.2)
 }
 
+/// One table row: its label and one value per model (None: that model lacks it).
+pub type Row = (String, Vec<Option<f64>>);
+
+/// A named curve of (step, value) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
 /// Rows (label, values per model) of the report table; values are as displayed.
-pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<(String, Vec<Option<f64>>)>) {
+pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<Row>) {
     let mut models: Vec<String> = Vec::new();
     let mut tasks: Vec<String> = Vec::new();
     for e in evals {
