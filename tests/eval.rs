@@ -96,6 +96,7 @@ fn think_metrics_agree_with_their_definitions() {
         end_think_id: tok.end_think_id,
         banned: tok.eos_ids.clone(),
         separator: vec![],
+        guess_tokens: 0,
     };
     let m = think_eval(&model, &contexts, &p, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
     let s_ema = no_think_scores(
