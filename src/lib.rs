@@ -10,6 +10,7 @@ pub mod eval;
 pub mod flops;
 pub mod model;
 pub mod objective;
+pub mod plan;
 pub mod report;
 pub mod rollout;
 pub mod sampling;

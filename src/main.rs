@@ -21,6 +21,8 @@ enum Command {
     Bench(cli::BenchArgs),
     /// Train with RLP (or a baseline objective) from a TOML config.
     Train(cli::TrainArgs),
+    /// Projected FLOPs of an RLP run and the compute-matched CPT token budget.
+    Plan(rlp::plan::PlanArgs),
     /// Train a small byte-level BPE tokenizer on a corpus (for tiny test and demo models).
     TrainTokenizer(cli::TrainTokenizerArgs),
     /// Write a fresh, randomly initialised small Llama or Qwen3 model directory.
@@ -40,6 +42,7 @@ fn main() {
         Command::Generate(a) => cli::generate(&a),
         Command::Bench(a) => cli::bench(&a),
         Command::Train(a) => cli::train(&a),
+        Command::Plan(a) => rlp::plan::plan(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
         Command::InitModel(a) => rlp::demo::cli::init_model(&a),
         Command::DemoData(a) => rlp::demo::cli::demo_data(&a),
