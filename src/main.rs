@@ -19,6 +19,8 @@ enum Command {
     Generate(cli::GenerateArgs),
     /// Time the forward pass or batched decoding.
     Bench(cli::BenchArgs),
+    /// The paper's comparison in miniature: base vs compute-matched CPT vs RLP vs RPT, from scratch.
+    Demo(rlp::demo::run::DemoArgs),
     /// Train with RLP (or a baseline objective) from a TOML config.
     Train(cli::TrainArgs),
     /// Projected FLOPs of an RLP run and the compute-matched CPT token budget.
@@ -41,6 +43,7 @@ fn main() {
         Command::Score(a) => cli::score(&a),
         Command::Generate(a) => cli::generate(&a),
         Command::Bench(a) => cli::bench(&a),
+        Command::Demo(a) => rlp::demo::run::demo(&a),
         Command::Train(a) => cli::train(&a),
         Command::Plan(a) => rlp::plan::plan(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),

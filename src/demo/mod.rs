@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod data;
+pub mod run;
 pub mod synth;
 pub mod working;

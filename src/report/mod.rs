@@ -110,7 +110,14 @@ pub fn table(evals: &[EvalResult]) -> (Vec<String>, Vec<Row>) {
         let metrics: Vec<(&str, f64)> = match t.as_str() {
             "nll" => vec![("nll", 1.0), ("bits_per_byte", 1.0)],
             "think" => vec![("acc_no_think", 100.0), ("acc_think", 100.0), ("info_gain", 1.0)],
-            _ => vec![("greedy", 100.0), ("pass@1", 100.0)],
+            _ if evals.iter().any(|e| &e.task == t && e.metrics.contains_key("greedy")) => vec![("greedy", 100.0), ("pass@1", 100.0)],
+            // any other task: every metric, accuracies (acc_*) as percentages
+            _ => {
+                let mut names: Vec<&str> = evals.iter().filter(|e| &e.task == t).flat_map(|e| e.metrics.keys().map(String::as_str)).collect();
+                names.sort();
+                names.dedup();
+                names.into_iter().map(|n| (n, if n.starts_with("acc") { 100.0 } else { 1.0 })).collect()
+            }
         };
         for (metric, scale) in metrics {
             let vals: Vec<Option<f64>> = models.iter().map(|m| value(t, m, metric, scale)).collect();
