@@ -83,6 +83,29 @@ impl Tok {
         self.inner.decode(ids, false).map_err(|e| anyhow!("tokenizer {}: cannot decode: {e}", self.source))
     }
 
+    /// Embedding rows a model with `model_rows` rows needs for this tokenizer. Ids past the
+    /// model's embedding are allowed only when they are the `<think>`/`</think>` tokens added
+    /// here (the model then grows to the returned size); any other such id means the tokenizer
+    /// belongs to a different model, which is an error naming the first offending token.
+    /// A vocabulary smaller than the embedding is fine: the extra rows are never sampled.
+    pub fn rows_for_model(&self, model_rows: usize, model: &str) -> Result<usize> {
+        if self.vocab_size <= model_rows {
+            return Ok(model_rows);
+        }
+        let think = |id: u32| self.added_think_tokens && (id == self.think_id || id == self.end_think_id);
+        let mut stray: Vec<(String, u32)> = self.inner.get_vocab(true).into_iter().filter(|&(_, id)| id as usize >= model_rows && !think(id)).collect();
+        stray.sort_by_key(|&(_, id)| id);
+        if let Some((tok, id)) = stray.first() {
+            bail!(
+                "tokenizer {} has {} ids but model {model} has only {model_rows} embedding rows: token {tok:?} (id {id}) and {} more have no row. The tokenizer does not belong to this model: use the tokenizer.json saved with the model",
+                self.source,
+                self.vocab_size,
+                stray.len() - 1
+            );
+        }
+        Ok(self.vocab_size)
+    }
+
     /// 1 + highest id, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
