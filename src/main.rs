@@ -27,6 +27,10 @@ enum Command {
     InitModel(rlp::demo::cli::InitModelArgs),
     /// Write the demo's synthetic corpora, answer task and tokenizer.
     DemoData(rlp::demo::cli::DemoDataArgs),
+    /// Evaluate a model: held-out loss, think-then-predict, or a benchmark answered after thinking.
+    Eval(rlp::eval::cli::EvalArgs),
+    /// Collect eval results and training runs into report.md and PNG plots.
+    Report(rlp::report::cli::ReportArgs),
 }
 
 fn main() {
@@ -39,6 +43,8 @@ fn main() {
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
         Command::InitModel(a) => rlp::demo::cli::init_model(&a),
         Command::DemoData(a) => rlp::demo::cli::demo_data(&a),
+        Command::Eval(a) => rlp::eval::cli::eval(&a),
+        Command::Report(a) => rlp::report::cli::report(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -466,3 +466,20 @@ proptest! {
         }
     }
 }
+
+/// tokenizers 0.23 panics (`expect("Helper")`) on a decoder it cannot read; rlp turns that
+/// into an error (found by `mutated_tokenizer_json_never_panics`).
+#[test]
+fn tokenizer_with_an_unreadable_decoder_is_an_error() {
+    let base = std::fs::read(repo("tests/data/tiny-rlp/tokenizer.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&base).unwrap();
+    for bad in [serde_json::json!(5), serde_json::json!({"type": 7})] {
+        v["decoder"] = bad;
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let e = format!("{:#}", no_panic("bad decoder", || load_tok(&bytes)).err().unwrap());
+        assert!(e.contains("tokenizer.json is not a valid tokenizer.json"), "{e}");
+    }
+    let cut = &base[..base.len() / 2];
+    let e = format!("{:#}", load_tok(cut).err().unwrap());
+    assert!(e.contains("not a valid tokenizer.json") && e.contains("line"), "{e}");
+}

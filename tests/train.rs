@@ -37,27 +37,29 @@ fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
     m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
 }
 
-/// Single-token thoughts on 4 fixed contexts: a bandit the policy can solve.
-const LEARNABLE: &[&str] = &["data.fixed_contexts=4", "train.steps=40", "rollout.g=8", "rollout.thought_budget=1", "rollout.temperature=1.0", "optim.lr=1e-2", "logging.samples_every=0"];
-
+/// RLP on `tests/data/tiny-think`, a tiny model pretrained by rlp on arithmetic text with
+/// worked solutions in thoughts, on 4 fixed entropy-filtered contexts (`configs/tiny-think.toml`).
+/// (On a random model the information gain of a thought is noise, and no such test is honest.)
 #[test]
 fn rlp_raises_the_reasoned_score_repeatably() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-think.toml");
     let runs: Vec<Vec<Value>> = (0..2)
         .map(|_| {
             let dir = tempfile::tempdir().unwrap();
-            Trainer::new(tiny_config(LEARNABLE), dir.path(), false).unwrap().run().unwrap();
+            let cfg = TrainConfig::load(&path, &["logging.progress=false".to_string()]).unwrap();
+            Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
             metrics(dir.path())
         })
         .collect();
     assert_eq!(deterministic(&runs[0]), deterministic(&runs[1]), "same seed, different metrics");
     let m = &runs[0];
-    assert_eq!(m.len(), 40);
+    assert_eq!(m.len(), 16);
     let mean = |r: &[Value], k: &str| r.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
-    let (first, last) = (&m[..5], &m[30..]);
+    let (first, last) = (&m[..4], &m[12..]);
     let (r0, r1) = (mean(first, "reward_mean"), mean(last, "reward_mean"));
     let (s0, s1) = (mean(first, "s_pred_mean"), mean(last, "s_pred_mean"));
-    assert!(r1 > r0 + 0.3, "reward did not rise: {r0:.3} -> {r1:.3}");
-    assert!(s1 > s0 + 0.3, "S_pred did not rise: {s0:.3} -> {s1:.3}");
+    assert!(r1 > r0 + 1.0, "reward did not rise: {r0:.3} -> {r1:.3}");
+    assert!(s1 > s0 + 1.0, "S_pred did not rise: {s0:.3} -> {s1:.3}");
     for v in m {
         for k in ["step", "lr", "reward_mean", "reward_std", "s_pred_mean", "s_ema_mean", "adv_abs_mean", "frac_zero_std_groups", "thought_len_mean", "thought_truncated_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "entropy", "loss", "grad_norm", "ema_drift", "tokens_per_s_sample", "tokens_per_s_train", "step_s", "sample_s", "score_s", "train_s", "optimizer_s"] {
             assert!(v[k].is_number(), "metric {k} missing or not a number in {v}");

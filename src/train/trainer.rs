@@ -72,6 +72,9 @@ pub struct Trainer {
     pub totals: Totals,
     pub(crate) started: Instant,
     pub(crate) start_step: u64,
+    /// Entropy-filtered fixed contexts (`data.fixed_contexts` with a filter) and the next one.
+    pub(crate) fixed_pool: Vec<Context>,
+    pub(crate) fixed_cursor: usize,
 }
 
 /// Everything sampled and scored for one rollout batch.
@@ -177,6 +180,8 @@ impl Trainer {
             totals: Totals::default(),
             started: Instant::now(),
             start_step: 0,
+            fixed_pool: Vec::new(),
+            fixed_cursor: 0,
         };
         std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
         checkpoint::remove_partial(run)?;
@@ -211,20 +216,42 @@ impl Trainer {
         Model::from_tensors(self.policy.cfg.clone(), map, "EMA teacher")
     }
 
-    /// B contexts for a rollout batch. For RPT, candidates are kept only when the model's own
-    /// no-think next-token entropy passes `objective.rpt_entropy_threshold` (or is in the top
-    /// `objective.rpt_top_frac` of its document's positions); candidates are drawn until B pass.
+    /// B contexts for a rollout batch. With an entropy filter (`objective.rpt_entropy_threshold`
+    /// or `objective.rpt_top_frac`: RPT's position selection, usable with RLP too) candidates
+    /// are kept only when the model's own no-think next-token entropy passes it. With
+    /// `data.fixed_contexts = n` as well, the first n contexts that pass (judged by the starting
+    /// model) form the fixed set, cycled through and saved in checkpoints.
     fn draw_contexts(&mut self) -> Result<Vec<Context>> {
         let b = self.cfg.data.contexts_per_step;
         let o = &self.cfg.objective;
-        let (threshold, top_frac) = (o.rpt_entropy_threshold.map(|x| x as f32), o.rpt_top_frac.map(|x| x as f32));
-        if o.name != ObjectiveName::Rpt || (threshold.is_none() && top_frac.is_none()) {
+        if o.rpt_entropy_threshold.is_none() && o.rpt_top_frac.is_none() {
             return self.sampler.next_batch(&self.data, b);
         }
+        let Some(n) = self.cfg.data.fixed_contexts else {
+            let mut sampler = std::mem::replace(&mut self.sampler, PositionSampler::new(1, 0, 1, 0, 1, None)?);
+            let out = self.filtered_contexts(&mut sampler, b);
+            self.sampler = sampler;
+            return out;
+        };
+        if self.fixed_pool.is_empty() {
+            let d = &self.cfg.data;
+            let mut walk = PositionSampler::new(self.data.train.len(), self.cfg.train.seed, d.positions_per_doc, d.min_prefix, d.max_context, None)?;
+            self.fixed_pool = self.filtered_contexts(&mut walk, n)?;
+        }
+        let out = (0..b).map(|i| self.fixed_pool[(self.fixed_cursor + i) % n].clone()).collect();
+        self.fixed_cursor = (self.fixed_cursor + b) % n;
+        Ok(out)
+    }
+
+    /// The next `n` contexts of `sampler` whose no-think entropy passes the filter.
+    fn filtered_contexts(&self, sampler: &mut PositionSampler, n: usize) -> Result<Vec<Context>> {
+        let o = &self.cfg.objective;
+        let (threshold, top_frac) = (o.rpt_entropy_threshold.map(|x| x as f32), o.rpt_top_frac.map(|x| x as f32));
         let model = self.policy.detached()?;
-        let mut kept = Vec::with_capacity(b);
+        let batch = self.cfg.data.contexts_per_step.max(n);
+        let mut kept = Vec::with_capacity(n);
         for _round in 0..64 {
-            let candidates = self.sampler.next_batch(&self.data, b)?;
+            let candidates = sampler.next_batch(&self.data, batch)?;
             let seqs: Vec<Vec<u32>> = candidates.iter().map(|c| c.prefix.clone()).collect();
             let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
             let (logits, _) = model.prefill(&seqs, cap)?;
@@ -240,16 +267,16 @@ impl Trainer {
             for (_, members) in by_doc {
                 let ent: Vec<f32> = members.iter().map(|&i| entropy[i]).collect();
                 for j in select_by_entropy(&ent, threshold, top_frac) {
-                    if kept.len() < b {
+                    if kept.len() < n {
                         kept.push(candidates[members[j]].clone());
                     }
                 }
             }
-            if kept.len() == b {
+            if kept.len() == n {
                 return Ok(kept);
             }
         }
-        bail!("the RPT entropy filter kept only {} of {b} contexts after 64 rounds of candidates: lower objective.rpt_entropy_threshold or raise objective.rpt_top_frac", kept.len())
+        bail!("the entropy filter kept only {} of {n} contexts after 64 rounds of candidates: lower objective.rpt_entropy_threshold or raise objective.rpt_top_frac", kept.len())
     }
 
     /// RPT reward of each rollout: 1 when the guessed bytes are a prefix of the true
@@ -597,6 +624,8 @@ impl Trainer {
             "nonfinite_streak": self.nonfinite_streak,
             "totals": serde_json::to_value(&self.totals)?,
             "vocab_size": self.policy.cfg.vocab_size,
+            "fixed_pool": self.fixed_pool.iter().map(|c| json!({"doc": c.doc, "pos": c.pos, "prefix": c.prefix, "target": c.target})).collect::<Vec<_>>(),
+            "fixed_cursor": self.fixed_cursor,
         }))
     }
 
@@ -629,6 +658,23 @@ impl Trainer {
         self.packer.restore(packer)?;
         self.nonfinite_streak = state["nonfinite_streak"].as_u64().unwrap_or(0) as usize;
         self.totals = serde_json::from_value(state["totals"].clone()).with_context(|| format!("{}: bad totals", dir.display()))?;
+        self.fixed_pool = state["fixed_pool"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| -> Option<Context> {
+                        Some(Context {
+                            doc: c["doc"].as_u64()? as usize,
+                            pos: c["pos"].as_u64()? as usize,
+                            prefix: c["prefix"].as_array()?.iter().map(|x| x.as_u64().map(|v| v as u32)).collect::<Option<_>>()?,
+                            target: c["target"].as_u64()? as u32,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or(Some(Vec::new()))
+            .with_context(|| format!("{}: bad fixed_pool in trainer_state.json", dir.display()))?;
+        self.fixed_cursor = state["fixed_cursor"].as_u64().unwrap_or(0) as usize;
         self.step = step;
         // Lines logged after the checkpoint belong to steps that will run again.
         for name in ["metrics.jsonl", "samples.jsonl"] {
