@@ -234,9 +234,15 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Some(o) => o.clone(),
         None => PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()),
     };
+    crate::train::signals::install()?;
     let mut trainer = crate::train::trainer::Trainer::new(cfg, &out, a.resume)?;
     trainer.run()?;
     println!("run directory: {}", out.display());
+    if let Some(sig) = crate::train::signals::stop_requested() {
+        let name = crate::train::signals::name(sig);
+        eprintln!("stopped by {name} after step {}; the checkpoint is written: continue with --resume", trainer.step);
+        std::process::exit(128 + sig);
+    }
     Ok(())
 }
 

@@ -19,6 +19,20 @@ use std::path::Path;
 use std::sync::OnceLock;
 use tokenizers::AddedToken;
 
+/// Read a Hugging Face tokenizer.json. The JSON is parsed first, so a truncated or garbled file
+/// is a syntax error with its line; the `tokenizers` crate's deserializer then runs under
+/// `catch_unwind`, because version 0.23 panics (instead of erring) on some malformed decoders.
+pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read tokenizer {}", path.display()))?;
+    let bad = |e: String| anyhow!("{} is not a valid tokenizer.json: {e}; use the tokenizer.json saved with the model", path.display());
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    match std::panic::catch_unwind(move || serde_json::from_value::<tokenizers::Tokenizer>(json)) {
+        Ok(Ok(tok)) => Ok(tok),
+        Ok(Err(e)) => Err(bad(e.to_string())),
+        Err(_) => Err(bad("the tokenizers crate could not deserialize it".into())),
+    }
+}
+
 /// Token strings treated as end of text when present in the vocabulary.
 pub const EOS_TOKENS: [&str; 5] = ["<|endoftext|>", "<|im_end|>", "</s>", "<|end_of_text|>", "<|eot_id|>"];
 pub const THINK: &str = "<think>";
@@ -42,9 +56,7 @@ impl Tok {
     /// Read a tokenizer.json. `allow_add_think` lets the tokenizer add `<think>`/`</think>`
     /// when the vocabulary lacks them (config key `model.add_think_tokens`).
     pub fn from_file(path: &Path, allow_add_think: bool) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read tokenizer {}", path.display()))?;
-        let inner: tokenizers::Tokenizer = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
+        let inner = read_tokenizer_json(path)?;
         Self::from_tokenizer(inner, allow_add_think, &path.display().to_string())
     }
 
@@ -81,6 +93,29 @@ impl Tok {
             bail!("tokenizer {}: id {bad} is outside the vocabulary of {}", self.source, self.vocab_size);
         }
         self.inner.decode(ids, false).map_err(|e| anyhow!("tokenizer {}: cannot decode: {e}", self.source))
+    }
+
+    /// Embedding rows a model with `model_rows` rows needs for this tokenizer. Ids past the
+    /// model's embedding are allowed only when they are the `<think>`/`</think>` tokens added
+    /// here (the model then grows to the returned size); any other such id means the tokenizer
+    /// belongs to a different model, which is an error naming the first offending token.
+    /// A vocabulary smaller than the embedding is fine: the extra rows are never sampled.
+    pub fn rows_for_model(&self, model_rows: usize, model: &str) -> Result<usize> {
+        if self.vocab_size <= model_rows {
+            return Ok(model_rows);
+        }
+        let think = |id: u32| self.added_think_tokens && (id == self.think_id || id == self.end_think_id);
+        let mut stray: Vec<(String, u32)> = self.inner.get_vocab(true).into_iter().filter(|&(_, id)| id as usize >= model_rows && !think(id)).collect();
+        stray.sort_by_key(|&(_, id)| id);
+        if let Some((tok, id)) = stray.first() {
+            bail!(
+                "tokenizer {} has {} ids but model {model} has only {model_rows} embedding rows: token {tok:?} (id {id}) and {} more have no row. The tokenizer does not belong to this model: use the tokenizer.json saved with the model",
+                self.source,
+                self.vocab_size,
+                stray.len() - 1
+            );
+        }
+        Ok(self.vocab_size)
     }
 
     /// 1 + highest id, added tokens included.

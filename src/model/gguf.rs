@@ -70,6 +70,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
 
 fn load_inner(path: &Path) -> Result<GgufModel> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file_len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
     let mut reader = BufReader::new(file);
     // candle's reader checks every length against the file size and returns errors on bad magic
     // or truncation (tested in tests/gguf.rs), so no catch_unwind is needed here.
@@ -102,6 +103,7 @@ fn load_inner(path: &Path) -> Result<GgufModel> {
         if !SUPPORTED.contains(&info.ggml_dtype) {
             bail!("tensor {name} has type {:?}; rlp loads {SUPPORTED_TEXT} GGUF tensors: {CONVERT_HINT}", info.ggml_dtype);
         }
+        check_extent(name, info, content.tensor_data_offset, file_len)?;
         let q = content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| anyhow!("cannot read tensor {name} ({}); the file may be truncated or corrupt: download it again", plain(&e)))?;
@@ -128,6 +130,25 @@ fn load_inner(path: &Path) -> Result<GgufModel> {
     let config = Config::from_json(raw).context("the GGUF metadata does not make a valid model config")?;
     check_tensors(&config, &tensors)?;
     Ok(GgufModel { config, tensors, tokenizer })
+}
+
+/// A tensor's declared bytes, computed without overflow, must lie inside the file. candle checks
+/// the byte count too, but computes the element count with a plain product that wraps in
+/// release builds, so a header declaring dims such as [2^32, 2^32] would pass as 0 bytes.
+fn check_extent(name: &str, info: &candle_core::quantized::gguf_file::TensorInfo, data_offset: u64, file_len: u64) -> Result<()> {
+    let (block, size) = (info.ggml_dtype.block_size() as u64, info.ggml_dtype.type_size() as u64);
+    let elems = info.shape.dims().iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let bytes = elems.and_then(|n| (n / block).checked_mul(size));
+    let end = bytes.and_then(|b| data_offset.checked_add(info.offset)?.checked_add(b));
+    match end {
+        Some(end) if end <= file_len => Ok(()),
+        _ => bail!(
+            "tensor {name}: shape {:?} of type {:?} at data offset {} does not fit in the {file_len}-byte file; the file is truncated or corrupt: download it again",
+            info.shape.dims(),
+            info.ggml_dtype,
+            info.offset
+        ),
+    }
 }
 
 /// A candle error's message without the backtrace candle attaches when RUST_BACKTRACE is set.

@@ -22,7 +22,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         let model = Model::from_tensors(cfg, tensors, &path.display().to_string())?;
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() {
-            Some(tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", tok_path.display()))?)
+            Some(crate::tokenizer::read_tokenizer_json(&tok_path)?)
         } else {
             None
         };

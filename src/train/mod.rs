@@ -1,9 +1,11 @@
 //! Training loop pieces: optimizer, EMA teacher, LR schedule, checkpoints, the loop itself.
 
 pub mod checkpoint;
+pub mod faults;
 pub mod ema;
 pub mod optim;
 pub mod policy;
 pub mod ntp;
 pub mod schedule;
+pub mod signals;
 pub mod trainer;

@@ -114,6 +114,7 @@ impl Trainer {
     /// newest checkpoint when `resume` is set. Nothing is written before every input is valid.
     pub fn new(cfg: TrainConfig, run: &Path, resume: bool) -> Result<Trainer> {
         cfg.validate()?;
+        super::faults::injected_steps()?; // robustness: a malformed test knob fails here, not mid-run
         let existing = checkpoint::list(run)?;
         if !resume && (!existing.is_empty() || run.join("metrics.jsonl").exists()) {
             bail!("run directory {} already holds a run: pass --resume to continue it, or choose another --out", run.display());
@@ -122,9 +123,9 @@ impl Trainer {
         let raw_tok = loaded.tokenizer.with_context(|| format!("{} has no tokenizer.json; rlp train needs one", cfg.model.path.display()))?;
         let tok = Tok::from_tokenizer(raw_tok, cfg.model.add_think_tokens, &cfg.model.path.display().to_string())?;
         let mut policy = loaded.model;
-        if tok.vocab_size() > policy.cfg.vocab_size {
-            policy.grow_vocab(tok.vocab_size())?;
-        }
+        // robustness: only think tokens added here may lie past the model's embedding
+        let rows = tok.rows_for_model(policy.cfg.vocab_size, &cfg.model.path.display().to_string())?;
+        policy.grow_vocab(rows)?;
         let corpus = Corpus::open(&cfg.data.path, &cfg.data.text_field)?;
         let data = TokenizedCorpus::build(&corpus, |t| tok.encode(t), cfg.data.min_prefix + 1, cfg.data.heldout_docs)?;
         let sampler = PositionSampler::new(data.train.len(), cfg.train.seed, cfg.data.positions_per_doc, cfg.data.min_prefix, cfg.data.max_context, cfg.data.fixed_contexts)?;
@@ -187,6 +188,8 @@ impl Trainer {
         if resume {
             match existing.last() {
                 Some((_, dir)) => t.restore(dir)?,
+                // robustness: a run killed before its first checkpoint restarts from step 0
+                None if run.join("config.toml").exists() => t.restart_without_checkpoint()?,
                 None => bail!("--resume: {} has no complete checkpoint to resume from", run.display()),
             }
         }
@@ -381,6 +384,7 @@ impl Trainer {
         let t0 = Instant::now();
         let vars = self.var_list();
         let lr = self.schedule.lr_at(self.step);
+        super::faults::poison_if_injected(self.step + 1, &mut grads, &vars)?; // robustness: test knob
         let nonfinite = !loss.is_finite() || grads_have_non_finite(&grads, &vars)?;
         if nonfinite {
             self.nonfinite_streak += 1;
@@ -419,6 +423,10 @@ impl Trainer {
             match self.cfg.objective.name {
                 ObjectiveName::Ntp => self.ntp_step()?,
                 ObjectiveName::Rlp | ObjectiveName::Rpt => self.rollout_steps()?,
+            }
+            // robustness: SIGINT/SIGTERM end the run here; the checkpoint below is written
+            if super::signals::stop_requested().is_some() {
+                break;
             }
         }
         if checkpoint::list(&self.run)?.last().map(|(s, _)| *s) != Some(self.step) {
@@ -673,6 +681,16 @@ impl Trainer {
             truncate_jsonl_after(&self.run.join(name), step)?;
         }
         eprintln!("resumed from {} at step {step}", dir.display());
+        Ok(())
+    }
+
+    /// robustness: `--resume` on a run that never completed a checkpoint starts it again from
+    /// step 0, dropping the log lines of the lost steps.
+    fn restart_without_checkpoint(&mut self) -> Result<()> {
+        for name in ["metrics.jsonl", "samples.jsonl"] {
+            truncate_jsonl_after(&self.run.join(name), 0)?;
+        }
+        eprintln!("--resume: {} has no complete checkpoint yet; starting again from step 0", self.run.display());
         Ok(())
     }
 }
