@@ -172,3 +172,22 @@ fn config_errors_name_the_key() {
     let e = format!("{:#}", TrainConfig::load(&path, &["rollout.g=1".into()]).and_then(|c| c.validate().map(|_| c)).unwrap_err());
     assert!(e.contains("rollout.g"), "{e}");
 }
+
+#[test]
+fn periodic_eval_logs_heldout_loss_and_think_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(tiny_config(&["logging.eval_every=3"]), dir.path(), false).unwrap().run().unwrap();
+    let m = metrics(dir.path());
+    for v in &m {
+        let step = v["step"].as_u64().unwrap();
+        for k in ["eval_nll", "eval_acc_no_think", "eval_acc_think", "eval_info_gain"] {
+            if step % 3 == 0 {
+                assert!(v[k].as_f64().is_some_and(f64::is_finite), "step {step}: {k} = {}", v[k]);
+            } else {
+                assert!(v.get(k).is_none(), "step {step} has {k}");
+            }
+        }
+    }
+    // a random model: loss near ln(vocab) = ln 400 ≈ 6
+    assert!((m[2]["eval_nll"].as_f64().unwrap() - 400f64.ln()).abs() < 1.0);
+}

@@ -556,8 +556,41 @@ impl Trainer {
         }
     }
 
-    /// Append to metrics.jsonl and print the progress line.
+    /// `logging.eval_every`: held-out next-token loss and think-then-predict on a small slice
+    /// of the held-out documents (at most 8 documents, 8 positions, K = 2 thoughts), as
+    /// `eval_*` fields of this step's metrics line.
+    fn periodic_eval(&self) -> Result<Option<Value>> {
+        let every = self.cfg.logging.eval_every as u64;
+        if every == 0 || self.step % every != 0 || self.data.heldout.is_empty() {
+            return Ok(None);
+        }
+        let model = self.policy.detached()?;
+        let docs = &self.data.heldout;
+        let refs: Vec<&[u32]> = (0..docs.len().min(8)).map(|i| docs.tokens(i)).collect();
+        let nll = crate::eval::nll_eval(&model, &self.tok, &refs, self.cfg.data.max_context)?;
+        let d = &self.cfg.data;
+        let contexts = crate::eval::heldout_contexts(docs, 8, self.cfg.train.seed, d.min_prefix, d.max_context)?;
+        let p = RolloutParams { g: 2, guess_tokens: 0, ..self.rollout.clone() };
+        let mut rng = context_rng(self.cfg.train.seed, self.step, u64::MAX);
+        let think = crate::eval::think_eval(&model, &contexts, &p, &mut rng)?;
+        let pick = |m: &crate::eval::Metrics, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+        Ok(Some(json!({
+            "eval_nll": pick(&nll, "nll"),
+            "eval_acc_no_think": pick(&think, "acc_no_think"),
+            "eval_acc_think": pick(&think, "acc_think"),
+            "eval_info_gain": pick(&think, "info_gain"),
+        })))
+    }
+
+    /// Append to metrics.jsonl (with periodic eval fields) and print the progress line.
     pub(crate) fn log_step(&self, m: &Value) -> Result<()> {
+        let mut m = m.clone();
+        if let Some(e) = self.periodic_eval()? {
+            for (k, v) in e.as_object().unwrap() {
+                m[k] = v.clone();
+            }
+        }
+        let m = &m;
         self.append_jsonl("metrics.jsonl", m)?;
         if self.cfg.logging.progress {
             let total = self.cfg.train.steps as u64;
