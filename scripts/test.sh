@@ -5,4 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh --tests
+# One CPU thread per process: the tests run in parallel already, and candle's spin-waiting
+# thread pool only costs time at these model sizes.
+export RAYON_NUM_THREADS=1
 cargo test --release "$@"
