@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod flops;
 pub mod model;
 pub mod objective;

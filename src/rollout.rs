@@ -72,8 +72,55 @@ struct Row {
 }
 
 /// Sample G thoughts for each prompt and score each one. `model` should be a detached view.
-/// Returns thoughts grouped by context: result[b][i].
+/// Returns thoughts grouped by context: result[b][i]. All rows draw from the one `rng`, so a
+/// context's thoughts depend on which other contexts share the batch; see
+/// [`sample_thoughts_per_context`] for thoughts that do not.
 pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<Thought>>> {
+    sample_thoughts_with(model, prompts, p, Rngs::Shared(rng))
+}
+
+/// As [`sample_thoughts`], but context b's G rollouts draw only from `rngs[b]` (rollout i of a
+/// context before rollout i+1 at every token). With [`context_rng`] this makes a context's
+/// thoughts independent of the batch it is sampled in: the same whether a single process
+/// samples the whole batch or data-parallel ranks each sample their share (up to the float
+/// rounding of batched kernels).
+pub fn sample_thoughts_per_context(model: &Model, prompts: &[Prompt], p: &RolloutParams, rngs: &mut [ChaCha8Rng]) -> Result<Vec<Vec<Thought>>> {
+    if rngs.len() != prompts.len() {
+        bail!("sample_thoughts_per_context: {} RNGs for {} prompts; pass one per prompt", rngs.len(), prompts.len());
+    }
+    sample_thoughts_with(model, prompts, p, Rngs::PerContext(rngs))
+}
+
+/// The sampling RNG of one context: a ChaCha8 keyed by SHA-256 of (seed, rollout batch, the
+/// context's index in the global batch), so it depends on nothing else: not on the rank that
+/// samples it, the world size, or the contexts sampled before it.
+pub fn context_rng(seed: u64, rollout_batch: u64, global_context: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"rlp rollout context rng v1");
+    for x in [seed, rollout_batch, global_context] {
+        h.update(x.to_le_bytes());
+    }
+    ChaCha8Rng::from_seed(h.finalize().into())
+}
+
+/// Where the rows' random draws come from.
+enum Rngs<'a> {
+    Shared(&'a mut ChaCha8Rng),
+    PerContext(&'a mut [ChaCha8Rng]),
+}
+
+impl Rngs<'_> {
+    fn for_context(&mut self, b: usize) -> &mut ChaCha8Rng {
+        match self {
+            Rngs::Shared(r) => r,
+            Rngs::PerContext(rs) => &mut rs[b],
+        }
+    }
+}
+
+fn sample_thoughts_with(model: &Model, prompts: &[Prompt], p: &RolloutParams, mut rngs: Rngs) -> Result<Vec<Vec<Thought>>> {
     if p.g == 0 || p.budget == 0 {
         bail!("rollouts need g ≥ 1 and a thought budget ≥ 1");
     }
@@ -117,7 +164,7 @@ pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng
             let tok = if u == p.budget {
                 p.end_think_id // forced: no behaviour log-prob, no gradient
             } else {
-                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), rng);
+                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), rngs.for_context(row.context));
                 row.thought.logp_old.push(lp);
                 tok
             };
