@@ -138,6 +138,10 @@ impl Dist {
             #[cfg(feature = "mpi")]
             Dist::Mpi(m) => {
                 eprintln!("error on rank {} of {}: {error:#}", m.rank(), m.world());
+                if m.rank() != 0 {
+                    // When every rank fails alike, let rank 0's message be the one printed.
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
                 eprintln!("aborting all ranks of the job (MPI_Abort)");
                 m.abort(1)
             }

@@ -7,6 +7,7 @@
 //! ```
 
 use super::checkpoint;
+use super::data_parallel as dp; // [dist]
 use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
 use super::policy::{thought_logprobs, ThoughtRow};
@@ -16,18 +17,19 @@ use crate::data::corpus::{Corpus, TokenizedCorpus};
 use crate::data::sampler::{Context, PositionSampler, SamplerState};
 use crate::model::{self, Model};
 use crate::objective::rlp::{clipped_surrogate, frac_zero_std_groups, group_advantages, group_reward_std, info_gain_rewards, kl_penalty, SurrogateStats};
-use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams, Thought};
+use crate::dist::metrics::{reduce_metrics, Share}; // [dist]
+use crate::dist::{Dist, ReduceOp}; // [dist]
+use crate::rollout::{context_rng, no_think_scores, sample_thoughts_per_context, Prompt, RolloutParams, Thought};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context as _, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 /// Counters that accumulate over the whole run (saved in checkpoints).
@@ -52,8 +54,12 @@ pub struct Trainer {
     schedule: LrSchedule,
     pub data: TokenizedCorpus,
     sampler: PositionSampler,
-    rng: ChaCha8Rng,
+    /// Rollout batches drawn so far: with the seed and a context's global index it keys the
+    /// context's sampling RNG (`rollout::context_rng`).
+    rollout_batches: u64,
     rollout: RolloutParams,
+    /// [dist] This process's rank and world; rank 0 alone writes files.
+    pub dist: Rc<Dist>,
     pub step: u64,
     nonfinite_streak: usize,
     pub totals: Totals,
@@ -73,7 +79,10 @@ pub struct PolicyGradient {
 
 /// Everything sampled and scored for one rollout batch.
 pub struct RolloutBatch {
+    /// This rank's contexts (all of them in a single process).
     pub contexts: Vec<Context>,
+    /// [dist] Each local context's index in the global batch of B.
+    pub global_index: Vec<usize>,
     pub thoughts: Vec<Vec<Thought>>, // [B][G]
     pub s_ema: Vec<f32>,             // [B]
     pub rewards: Vec<f32>,           // [B*G]
@@ -87,7 +96,13 @@ impl Trainer {
     /// Load the model, tokenizer and corpus, prepare the run directory, and resume from its
     /// newest checkpoint when `resume` is set.
     pub fn new(cfg: TrainConfig, run: &Path, resume: bool) -> Result<Trainer> {
+        Trainer::new_distributed(cfg, run, resume, Rc::new(Dist::Single))
+    }
+
+    /// [`Trainer::new`] as one rank of a data-parallel job (`mpirun`/`srun`).
+    pub fn new_distributed(cfg: TrainConfig, run: &Path, resume: bool, dist: Rc<Dist>) -> Result<Trainer> {
         cfg.validate()?;
+        dp::check_batch_fits_world(&cfg, dist.world())?; // [dist]
         if cfg.objective.name != ObjectiveName::Rlp {
             bail!("objective.name = {:?} is not implemented yet; use \"rlp\"", cfg.objective.name);
         }
@@ -133,8 +148,6 @@ impl Trainer {
             banned,
             separator: if r.separator.is_empty() { vec![] } else { tok.encode(&r.separator)? },
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-        rng.set_stream(1); // rollouts; the position sampler uses its own streams
         let mut t = Trainer {
             cfg,
             run: run.to_path_buf(),
@@ -146,14 +159,17 @@ impl Trainer {
             schedule,
             data,
             sampler,
-            rng,
+            rollout_batches: 0,
             rollout,
+            dist,
             step: 0,
             nonfinite_streak: 0,
             totals: Totals::default(),
         };
-        std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
-        checkpoint::remove_partial(run)?;
+        if t.dist.is_root() {
+            std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
+            checkpoint::remove_partial(run)?;
+        }
         if resume {
             match existing.last() {
                 Some((_, dir)) => t.restore(dir)?,
@@ -161,7 +177,10 @@ impl Trainer {
             }
         }
         let resolved = t.cfg.to_toml_string()?;
-        std::fs::write(run.join("config.toml"), resolved).with_context(|| format!("cannot write {}", run.join("config.toml").display()))?;
+        t.dist.check_same_on_all_ranks("resolved config", resolved.as_bytes())?; // [dist]
+        if t.dist.is_root() {
+            std::fs::write(run.join("config.toml"), resolved).with_context(|| format!("cannot write {}", run.join("config.toml").display()))?;
+        }
         Ok(t)
     }
 
@@ -179,14 +198,18 @@ impl Trainer {
         Model::from_tensors(self.policy.cfg.clone(), map, "EMA teacher")
     }
 
-    /// Sample and score one rollout batch of B contexts.
+    /// Sample and score one rollout batch of B contexts (this rank's share of them).
     pub fn rollout_batch(&mut self) -> Result<RolloutBatch> {
-        let b = self.cfg.data.contexts_per_step;
-        let contexts = self.sampler.next_batch(&self.data, b)?;
+        let all = self.sampler.next_batch(&self.data, self.cfg.data.contexts_per_step)?;
+        let global_index = dp::local_contexts(all.len(), &self.dist)?; // [dist]
+        let contexts: Vec<Context> = global_index.iter().map(|&i| all[i].clone()).collect();
+        let b = contexts.len();
         let prompts: Vec<Prompt> = contexts.iter().map(|c| Prompt { prefix: &c.prefix, target: c.target }).collect();
+        let mut rngs: Vec<_> = global_index.iter().map(|&i| context_rng(self.cfg.train.seed, self.rollout_batches, i as u64)).collect();
+        self.rollout_batches += 1;
         let t0 = Instant::now();
         let sampler_model = self.policy.detached()?;
-        let thoughts = sample_thoughts(&sampler_model, &prompts, &self.rollout, &mut self.rng)?;
+        let thoughts = sample_thoughts_per_context(&sampler_model, &prompts, &self.rollout, &mut rngs)?;
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let teacher = self.teacher()?;
@@ -200,9 +223,11 @@ impl Trainer {
         }
         let advantages = group_advantages(&rewards, g, self.cfg.objective.advantage == Advantage::Grpo)?;
         let group_std = group_reward_std(&rewards, g)?;
-        self.totals.input_tokens += contexts.iter().map(|c| c.prefix.len() as u64 + 1).sum::<u64>();
-        self.totals.generated_tokens += thoughts.iter().flatten().map(|t| t.ids.len() as u64 + 1).sum::<u64>();
-        Ok(RolloutBatch { contexts, thoughts, s_ema, rewards, advantages, group_std, sample_s, score_s })
+        let mut counts = [contexts.iter().map(|c| c.prefix.len() as f64 + 1.0).sum::<f64>(), thoughts.iter().flatten().map(|t| t.ids.len() as f64 + 1.0).sum::<f64>()];
+        self.dist.all_reduce_f64("rollout token counts", &mut counts, ReduceOp::Sum)?; // [dist]
+        self.totals.input_tokens += counts[0] as u64;
+        self.totals.generated_tokens += counts[1] as u64;
+        Ok(RolloutBatch { contexts, global_index, thoughts, s_ema, rewards, advantages, group_std, sample_s, score_s })
     }
 
     /// Gradient of the clipped surrogate over the thoughts `idx` (flat b*G+i indices) of `batch`,
@@ -262,7 +287,13 @@ impl Trainer {
 
     /// Run until `train.steps` optimizer steps are done.
     pub fn run(&mut self) -> Result<()> {
+        if !self.dist.is_root() {
+            return self.run_steps();
+        }
         println!("{}", self.cfg.batch_arithmetic());
+        if self.dist.world() > 1 {
+            println!("data parallel: {} ranks, each samples and trains about {} of the {} contexts per step", self.dist.world(), self.cfg.data.contexts_per_step / self.dist.world(), self.cfg.data.contexts_per_step);
+        }
         println!(
             "model: {} ({} params), corpus: {} training docs, {} held out, {} skipped as too short",
             self.cfg.model.path.display(),
@@ -271,13 +302,17 @@ impl Trainer {
             self.data.heldout.len(),
             self.data.skipped_short
         );
+        self.run_steps()
+    }
+
+    fn run_steps(&mut self) -> Result<()> {
         let total = self.cfg.train.steps as u64;
         let run_start = Instant::now();
         let start_step = self.step;
         let per_batch = (self.cfg.objective.ppo_epochs * self.cfg.objective.minibatches) as u64;
         while self.step < total {
             let batch = self.rollout_batch()?;
-            let b = batch.contexts.len();
+            let b = self.cfg.data.contexts_per_step; // global: minibatches split the global batch
             let g = self.rollout.g;
             let mb = self.cfg.objective.minibatches;
             let mut done_in_batch = 0;
@@ -287,10 +322,13 @@ impl Trainer {
                         break 'epochs;
                     }
                     let ctx_range = (m * b / mb)..((m + 1) * b / mb);
-                    let idx: Vec<usize> = ctx_range.flat_map(|c| (c * g)..(c * g + g)).collect();
+                    let total_thoughts = ctx_range.len() * g; // global normaliser
+                    let idx = dp::minibatch_thoughts(&batch.global_index, ctx_range, g); // [dist] this rank's share
                     let t0 = Instant::now();
-                    let micro = self.cfg.train.micro_batch.unwrap_or(idx.len());
-                    let PolicyGradient { mut grads, loss, stats, entropy, forward_tokens: fwd_tokens, kl } = self.policy_gradient(&batch, &idx, idx.len(), micro)?;
+                    let micro = self.cfg.train.micro_batch.unwrap_or(total_thoughts);
+                    let mut pg = self.policy_gradient(&batch, &idx, total_thoughts, micro)?;
+                    dp::all_reduce_policy_gradient(&self.dist, &mut pg, &self.var_list())?; // [dist]
+                    let PolicyGradient { mut grads, loss, stats, entropy, forward_tokens: fwd_tokens, kl } = pg;
                     let train_s = t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
                     let vars = self.var_list();
@@ -316,7 +354,12 @@ impl Trainer {
                     done_in_batch += 1;
                     self.totals.trained_tokens += fwd_tokens as u64;
                     let (sample_s, score_s) = if done_in_batch == 1 { (batch.sample_s, batch.score_s) } else { (0.0, 0.0) };
-                    let metrics = self.metrics(&batch, lr, loss, &stats, entropy, kl, grad_norm, nonfinite, fwd_tokens, sample_s, score_s, train_s, optim_s)?;
+                    let mut metrics = self.metrics(&batch, lr, loss, &stats, entropy, kl, grad_norm, nonfinite, fwd_tokens, sample_s, score_s, train_s, optim_s)?;
+                    let share = Share { thoughts: batch.contexts.len() * g, contexts: batch.contexts.len() };
+                    reduce_metrics(&self.dist, &mut metrics, share)?; // [dist]
+                    if !self.dist.is_root() {
+                        continue;
+                    }
                     self.append_jsonl("metrics.jsonl", &metrics)?;
                     if self.cfg.logging.progress {
                         let elapsed = run_start.elapsed().as_secs_f64();
@@ -331,11 +374,11 @@ impl Trainer {
                 }
             }
             let every = self.cfg.logging.samples_every as u64;
-            if every > 0 && (self.step / per_batch.max(1)) % every.max(1) == 0 || self.step == per_batch.min(total) {
+            if self.dist.is_root() && (every > 0 && (self.step / per_batch.max(1)) % every.max(1) == 0 || self.step == per_batch.min(total)) {
                 self.write_samples(&batch)?;
             }
             let ck = self.cfg.checkpoint.every as u64;
-            if self.step >= total || (ck > 0 && self.step % ck < per_batch && self.step >= ck) {
+            if self.dist.is_root() && (self.step >= total || (ck > 0 && self.step % ck < per_batch && self.step >= ck)) {
                 self.save_checkpoint()?;
             }
         }
@@ -398,7 +441,7 @@ impl Trainer {
             for (i, t) in group.iter().enumerate() {
                 let rec = json!({
                     "step": self.step,
-                    "context": b,
+                    "context": batch.global_index[b],
                     "doc": ctx.doc,
                     "pos": ctx.pos,
                     "prefix_tail": self.tok.decode(tail)?,
@@ -417,7 +460,9 @@ impl Trainer {
     }
 
     fn save_bad_batch(&self, batch: &RolloutBatch) -> Result<PathBuf> {
-        let p = self.run.join(format!("nonfinite-batch-step-{:06}.json", self.step + 1));
+        // [dist] Each rank saves its own share of the batch.
+        let rank = if self.dist.world() > 1 { format!("-rank-{}", self.dist.rank()) } else { String::new() };
+        let p = self.run.join(format!("nonfinite-batch-step-{:06}{rank}.json", self.step + 1));
         let v = json!({
             "contexts": batch.contexts.iter().map(|c| json!({"doc": c.doc, "pos": c.pos, "prefix": c.prefix, "target": c.target})).collect::<Vec<_>>(),
             "thoughts": batch.thoughts.iter().map(|g| g.iter().map(|t| json!({"ids": t.ids, "logp_old": t.logp_old, "s_pred": t.s_pred, "closed": t.closed})).collect::<Vec<_>>()).collect::<Vec<_>>(),
@@ -432,7 +477,7 @@ impl Trainer {
             "step": self.step,
             "adam_step": self.opt.step_count(),
             "sampler": serde_json::to_value(self.sampler.state())?,
-            "rng": serde_json::to_value(&self.rng)?,
+            "rollout_batches": self.rollout_batches,
             "nonfinite_streak": self.nonfinite_streak,
             "totals": serde_json::to_value(&self.totals)?,
             "vocab_size": self.policy.cfg.vocab_size,
@@ -462,15 +507,18 @@ impl Trainer {
         self.ema.load_state(&tensors, &self.var_list())?;
         let sampler: SamplerState = serde_json::from_value(state["sampler"].clone()).context("trainer_state.json: bad sampler state")?;
         self.sampler.restore(sampler)?;
-        self.rng = serde_json::from_value(state["rng"].clone()).context("trainer_state.json: bad rng state")?;
+        let per_batch = (self.cfg.objective.ppo_epochs * self.cfg.objective.minibatches).max(1) as u64;
+        self.rollout_batches = state["rollout_batches"].as_u64().unwrap_or(step.div_ceil(per_batch));
         self.nonfinite_streak = state["nonfinite_streak"].as_u64().unwrap_or(0) as usize;
         self.totals = serde_json::from_value(state["totals"].clone()).unwrap_or_default();
         self.step = step;
         // Lines logged after the checkpoint belong to steps that will run again.
-        for name in ["metrics.jsonl", "samples.jsonl"] {
-            truncate_jsonl_after(&self.run.join(name), step)?;
+        if self.dist.is_root() {
+            for name in ["metrics.jsonl", "samples.jsonl"] {
+                truncate_jsonl_after(&self.run.join(name), step)?;
+            }
+            eprintln!("resumed from {} at step {step}", dir.display());
         }
-        eprintln!("resumed from {} at step {step}", dir.display());
         Ok(())
     }
 }
