@@ -38,6 +38,19 @@ impl RolloutParams {
     }
 }
 
+/// The sampling RNG of one context: a pure function of (seed, step, global context index), so
+/// rollouts do not depend on batch composition, micro-batching or the number of ranks, and need
+/// no state in a checkpoint.
+pub fn context_rng(seed: u64, step: u64, context: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&step.to_le_bytes());
+    key[16..24].copy_from_slice(&context.to_le_bytes());
+    key[24..].copy_from_slice(b"rollout\0");
+    ChaCha8Rng::from_seed(key)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thought {
     /// Thought tokens c, without `<think>` and `</think>`.
@@ -71,58 +84,15 @@ struct Row {
     closing: Option<std::collections::VecDeque<u32>>,
 }
 
-/// Sample G thoughts for each prompt and score each one. `model` should be a detached view.
-/// Returns thoughts grouped by context: result[b][i]. All rows draw from the one `rng`, so a
-/// context's thoughts depend on which other contexts share the batch; see
-/// [`sample_thoughts_per_context`] for thoughts that do not.
-pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<Thought>>> {
-    sample_thoughts_with(model, prompts, p, Rngs::Shared(rng))
-}
-
-/// As [`sample_thoughts`], but context b's G rollouts draw only from `rngs[b]` (rollout i of a
-/// context before rollout i+1 at every token). With [`context_rng`] this makes a context's
-/// thoughts independent of the batch it is sampled in: the same whether a single process
-/// samples the whole batch or data-parallel ranks each sample their share (up to the float
-/// rounding of batched kernels).
-pub fn sample_thoughts_per_context(model: &Model, prompts: &[Prompt], p: &RolloutParams, rngs: &mut [ChaCha8Rng]) -> Result<Vec<Vec<Thought>>> {
-    if rngs.len() != prompts.len() {
-        bail!("sample_thoughts_per_context: {} RNGs for {} prompts; pass one per prompt", rngs.len(), prompts.len());
-    }
-    sample_thoughts_with(model, prompts, p, Rngs::PerContext(rngs))
-}
-
-/// The sampling RNG of one context: a ChaCha8 keyed by SHA-256 of (seed, rollout batch, the
-/// context's index in the global batch), so it depends on nothing else: not on the rank that
-/// samples it, the world size, or the contexts sampled before it.
-pub fn context_rng(seed: u64, rollout_batch: u64, global_context: u64) -> ChaCha8Rng {
-    use rand::SeedableRng;
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"rlp rollout context rng v1");
-    for x in [seed, rollout_batch, global_context] {
-        h.update(x.to_le_bytes());
-    }
-    ChaCha8Rng::from_seed(h.finalize().into())
-}
-
-/// Where the rows' random draws come from.
-enum Rngs<'a> {
-    Shared(&'a mut ChaCha8Rng),
-    PerContext(&'a mut [ChaCha8Rng]),
-}
-
-impl Rngs<'_> {
-    fn for_context(&mut self, b: usize) -> &mut ChaCha8Rng {
-        match self {
-            Rngs::Shared(r) => r,
-            Rngs::PerContext(rs) => &mut rs[b],
-        }
-    }
-}
-
-fn sample_thoughts_with(model: &Model, prompts: &[Prompt], p: &RolloutParams, mut rngs: Rngs) -> Result<Vec<Vec<Thought>>> {
+/// Sample G thoughts for each prompt and score each one. `model` should be a detached view;
+/// `rngs[b]` drives every draw of prompt b's G rollouts. Returns thoughts grouped by context:
+/// result[b][i].
+pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rngs: &mut [ChaCha8Rng]) -> Result<Vec<Vec<Thought>>> {
     if p.g == 0 || p.budget == 0 {
         bail!("rollouts need g ≥ 1 and a thought budget ≥ 1");
+    }
+    if rngs.len() != prompts.len() {
+        bail!("{} RNGs for {} prompts", rngs.len(), prompts.len());
     }
     let seqs: Vec<Vec<u32>> = prompts.iter().map(|c| [c.prefix, &[p.think_id]].concat()).collect();
     let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -164,7 +134,7 @@ fn sample_thoughts_with(model: &Model, prompts: &[Prompt], p: &RolloutParams, mu
             let tok = if u == p.budget {
                 p.end_think_id // forced: no behaviour log-prob, no gradient
             } else {
-                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), rngs.for_context(row.context));
+                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), &mut rngs[row.context]);
                 row.thought.logp_old.push(lp);
                 tok
             };

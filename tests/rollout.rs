@@ -46,8 +46,8 @@ fn thoughts_respect_budget_masks_and_score_like_the_full_forward() {
     p.separator = vec![13];
     let prefixes = [vec![7u32, 8, 9], vec![100, 200, 300, 400, 500]];
     let prompts: Vec<Prompt> = prefixes.iter().map(|x| Prompt { prefix: x, target: 42 }).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let out = sample_thoughts(&m, &prompts, &p, &mut rng).unwrap();
+    let mut rngs: Vec<_> = (0..prompts.len() as u64).map(rand_chacha::ChaCha8Rng::seed_from_u64).collect();
+    let out = sample_thoughts(&m, &prompts, &p, &mut rngs).unwrap();
     assert_eq!(out.len(), 2);
     let (mut closed, mut forced) = (0, 0);
     for (b, group) in out.iter().enumerate() {
@@ -81,7 +81,7 @@ fn rollouts_are_reproducible_for_a_seed() {
     let prefix = vec![1u32, 2, 3, 4];
     let prompts = [Prompt { prefix: &prefix, target: 5 }];
     let p = params(511, 5, 0.7);
-    let run = |seed| sample_thoughts(&m, &prompts, &p, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap();
+    let run = |seed| sample_thoughts(&m, &prompts, &p, &mut [rand_chacha::ChaCha8Rng::seed_from_u64(seed)]).unwrap();
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
 }
@@ -99,23 +99,23 @@ fn no_think_score_is_the_prefix_logprob() {
 #[test]
 fn per_context_rngs_make_thoughts_independent_of_the_batch() {
     // What data-parallel ranks rely on: a context sampled alone gives the thoughts it gets as
-    // part of a larger batch, when its RNG comes from (seed, batch, global index) alone.
-    use rlp::rollout::{context_rng, sample_thoughts_per_context};
+    // part of a larger batch, when its RNG comes from (seed, step, global index) alone.
+    use rlp::rollout::context_rng;
     let m = tiny();
     let p = params(511, 5, 1.0);
     let prefixes = [vec![7u32, 8, 9], vec![100, 200, 300, 400, 500], vec![3, 4, 5, 6, 7, 8, 9, 10]];
     let prompts: Vec<Prompt> = prefixes.iter().map(|x| Prompt { prefix: x, target: 42 }).collect();
     let mut rngs: Vec<_> = (0..3).map(|b| context_rng(9, 2, b)).collect();
-    let together = sample_thoughts_per_context(&m, &prompts, &p, &mut rngs).unwrap();
+    let together = sample_thoughts(&m, &prompts, &p, &mut rngs).unwrap();
     for b in 0..3 {
-        let alone = sample_thoughts_per_context(&m, &prompts[b..b + 1], &p, &mut [context_rng(9, 2, b as u64)]).unwrap();
+        let alone = sample_thoughts(&m, &prompts[b..b + 1], &p, &mut [context_rng(9, 2, b as u64)]).unwrap();
         for (x, y) in together[b].iter().zip(&alone[0]) {
             assert_eq!(x.ids, y.ids, "context {b}: thoughts differ alone and in a batch");
             assert!((x.s_pred - y.s_pred).abs() < 1e-5, "context {b}: S_pred {} vs {}", x.s_pred, y.s_pred);
         }
     }
-    let other_batch = sample_thoughts_per_context(&m, &prompts[..1], &p, &mut [context_rng(9, 3, 0)]).unwrap();
+    let other_batch = sample_thoughts(&m, &prompts[..1], &p, &mut [context_rng(9, 3, 0)]).unwrap();
     let ids = |g: &[rlp::rollout::Thought]| g.iter().map(|t| t.ids.clone()).collect::<Vec<_>>();
-    assert_ne!(ids(&together[0]), ids(&other_batch[0]), "another rollout batch must draw other thoughts");
-    assert!(sample_thoughts_per_context(&m, &prompts, &p, &mut rngs[..2]).is_err());
+    assert_ne!(ids(&together[0]), ids(&other_batch[0]), "another step must draw other thoughts");
+    assert!(sample_thoughts(&m, &prompts, &p, &mut rngs[..2]).is_err());
 }

@@ -3,7 +3,7 @@
 //!
 //! Every rank draws the same global batch of B contexts (same seed, same sampler state) and
 //! keeps contexts rank, rank + W, … (`data::sampler::shard`). Each context's thoughts come from
-//! its own RNG (`rollout::context_rng`, keyed by seed, rollout batch and global index), so the
+//! its own RNG (`rollout::context_rng`, keyed by seed, step and global index), so the
 //! union of the ranks' thoughts is what one process would sample. Losses are divided by the
 //! global thought count, so the sum of the ranks' gradients is the single-process gradient;
 //! every rank then applies the same clip, AdamW and EMA update to identical weights.

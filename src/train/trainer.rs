@@ -19,7 +19,7 @@ use crate::model::{self, Model};
 use crate::objective::rlp::{clipped_surrogate, frac_zero_std_groups, group_advantages, group_reward_std, info_gain_rewards, kl_penalty, SurrogateStats};
 use crate::dist::metrics::{reduce_metrics, Share}; // [dist]
 use crate::dist::{Dist, ReduceOp}; // [dist]
-use crate::rollout::{context_rng, no_think_scores, sample_thoughts_per_context, Prompt, RolloutParams, Thought};
+use crate::rollout::{context_rng, no_think_scores, sample_thoughts, Prompt, RolloutParams, Thought};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context as _, Result};
@@ -54,9 +54,6 @@ pub struct Trainer {
     schedule: LrSchedule,
     pub data: TokenizedCorpus,
     sampler: PositionSampler,
-    /// Rollout batches drawn so far: with the seed and a context's global index it keys the
-    /// context's sampling RNG (`rollout::context_rng`).
-    rollout_batches: u64,
     rollout: RolloutParams,
     /// [dist] This process's rank and world; rank 0 alone writes files.
     pub dist: Rc<Dist>,
@@ -159,7 +156,6 @@ impl Trainer {
             schedule,
             data,
             sampler,
-            rollout_batches: 0,
             rollout,
             dist,
             step: 0,
@@ -205,11 +201,11 @@ impl Trainer {
         let contexts: Vec<Context> = global_index.iter().map(|&i| all[i].clone()).collect();
         let b = contexts.len();
         let prompts: Vec<Prompt> = contexts.iter().map(|c| Prompt { prefix: &c.prefix, target: c.target }).collect();
-        let mut rngs: Vec<_> = global_index.iter().map(|&i| context_rng(self.cfg.train.seed, self.rollout_batches, i as u64)).collect();
-        self.rollout_batches += 1;
+        // [dist] keyed by the context's index in the global batch, not in this rank's share
+        let mut rngs: Vec<_> = global_index.iter().map(|&i| context_rng(self.cfg.train.seed, self.step, i as u64)).collect();
         let t0 = Instant::now();
         let sampler_model = self.policy.detached()?;
-        let thoughts = sample_thoughts_per_context(&sampler_model, &prompts, &self.rollout, &mut rngs)?;
+        let thoughts = sample_thoughts(&sampler_model, &prompts, &self.rollout, &mut rngs)?;
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let teacher = self.teacher()?;
@@ -477,7 +473,6 @@ impl Trainer {
             "step": self.step,
             "adam_step": self.opt.step_count(),
             "sampler": serde_json::to_value(self.sampler.state())?,
-            "rollout_batches": self.rollout_batches,
             "nonfinite_streak": self.nonfinite_streak,
             "totals": serde_json::to_value(&self.totals)?,
             "vocab_size": self.policy.cfg.vocab_size,
@@ -507,8 +502,6 @@ impl Trainer {
         self.ema.load_state(&tensors, &self.var_list())?;
         let sampler: SamplerState = serde_json::from_value(state["sampler"].clone()).context("trainer_state.json: bad sampler state")?;
         self.sampler.restore(sampler)?;
-        let per_batch = (self.cfg.objective.ppo_epochs * self.cfg.objective.minibatches).max(1) as u64;
-        self.rollout_batches = state["rollout_batches"].as_u64().unwrap_or(step.div_ceil(per_batch));
         self.nonfinite_streak = state["nonfinite_streak"].as_u64().unwrap_or(0) as usize;
         self.totals = serde_json::from_value(state["totals"].clone()).unwrap_or_default();
         self.step = step;
