@@ -88,7 +88,7 @@ mod tests {
         let v = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
         let loss = (v.as_tensor() * 3.0).unwrap().sum_all().unwrap();
         let mut g = loss.backward().unwrap();
-        all_reduce_grads(&Dist::Single, &mut g, &[v.clone()]).unwrap();
+        all_reduce_grads(&Dist::Single, &mut g, std::slice::from_ref(&v)).unwrap();
         assert_eq!(g.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
     }
 }
