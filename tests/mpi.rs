@@ -22,7 +22,13 @@ fn config() -> String {
 }
 
 fn train_args(run: &Path, sets: &[&str]) -> Vec<String> {
-    let mut a = vec!["train".into(), "--config".into(), config(), "--out".into(), run.display().to_string()];
+    let mut a = vec![
+        "train".into(),
+        "--config".into(),
+        config(),
+        "--out".into(),
+        run.display().to_string(),
+    ];
     for s in ["logging.progress=false", "train.threads=1"].iter().chain(sets) {
         a.extend(["--set".to_string(), s.to_string()]);
     }
@@ -30,33 +36,61 @@ fn train_args(run: &Path, sets: &[&str]) -> Vec<String> {
 }
 
 fn mpirun(np: usize, args: &[String]) -> Command {
-    let found = Command::new("mpirun").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    assert!(found.is_ok_and(|s| s.success()), "mpirun not found: install Open MPI with scripts/setup-mpi.sh");
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        found.is_ok_and(|s| s.success()),
+        "mpirun not found: install Open MPI with scripts/setup-mpi.sh"
+    );
     let mut c = Command::new("mpirun");
-    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), &rlp()]).args(args).stdin(Stdio::null());
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), &rlp()])
+        .args(args)
+        .stdin(Stdio::null());
     c
 }
 
 fn check(what: &str, out: std::process::Output) {
-    assert!(out.status.success(), "{what} failed ({}):\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `rlp train` in one process (`np` = 1) or under `mpirun -np np`.
 fn train(np: usize, run: &Path, sets: &[&str]) {
     let args = train_args(run, sets);
-    let out = if np == 1 { Command::new(rlp()).args(&args).output() } else { mpirun(np, &args).output() };
+    let out = if np == 1 {
+        Command::new(rlp()).args(&args).output()
+    } else {
+        mpirun(np, &args).output()
+    };
     let out = out.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     check(&format!("rlp train on {np} rank(s)"), out);
     if np > 1 {
         let banner = format!("data parallel: {np} ranks");
-        assert!(stdout.contains(&banner), "{} did not run as {np} ranks (not an MPI build?):\n{stdout}", rlp());
+        assert!(
+            stdout.contains(&banner),
+            "{} did not run as {np} ranks (not an MPI build?):\n{stdout}",
+            rlp()
+        );
     }
 }
 
 fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
-    let m = model::weights::load(&run.join(format!("checkpoints/step-{step:06}"))).unwrap().model;
-    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+    let m = model::weights::load(&run.join(format!("checkpoints/step-{step:06}")))
+        .unwrap()
+        .model;
+    m.named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
 }
 
 /// Largest ‖a − b‖ / ‖a‖ over the parameter tensors, and the tensor it is found in.
@@ -65,7 +99,8 @@ fn worst_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)])
     let mut worst = (0.0, String::new());
     for ((name, x), (name_b, y)) in a.iter().zip(b) {
         assert_eq!(name, name_b);
-        let rel = norm(&mut x.iter().zip(y).map(|(p, q)| (p - q) as f64)) / norm(&mut x.iter().map(|&p| p as f64)).max(1e-30);
+        let rel =
+            norm(&mut x.iter().zip(y).map(|(p, q)| (p - q) as f64)) / norm(&mut x.iter().map(|&p| p as f64)).max(1e-30);
         if rel >= worst.0 {
             worst = (rel, name.clone());
         }
@@ -74,7 +109,11 @@ fn worst_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)])
 }
 
 fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn assert_same_weights(what: &str, a: &Path, b: &Path, step: u64) {
@@ -91,7 +130,12 @@ fn assert_same_weights(what: &str, a: &Path, b: &Path, step: u64) {
 /// ~1e-10 of summation-order noise in such entries into ~1e-3 of a step. With ε = 1e-3 the
 /// update is lr·m/(√v+ε) ≈ m, proportional to the gradient, so a wrong gradient scale or a
 /// missing share would show, while summation-order noise stays far below the tolerance.
-const STRICT: [&str; 4] = ["data.max_context=8", "data.min_prefix=7", "optim.eps=1e-3", "optim.lr=1e-3"];
+const STRICT: [&str; 4] = [
+    "data.max_context=8",
+    "data.min_prefix=7",
+    "optim.eps=1e-3",
+    "optim.lr=1e-3",
+];
 
 /// Train 4 steps on 1 and on 2 ranks; check rank 0's logs; return the worst relative
 /// difference of the weights.
@@ -107,24 +151,50 @@ fn one_vs_two_ranks(sets: &[&str]) -> f64 {
         // the same thoughts were sampled: same token counts, same rewards
         assert_eq!(x["generated_tokens_total"], y["generated_tokens_total"], "{sets:?}");
         assert_eq!(x["input_tokens_total"], y["input_tokens_total"]);
-        for k in ["reward_mean", "reward_std", "s_pred_mean", "s_ema_mean", "thought_len_mean", "entropy", "grad_norm"] {
+        for k in [
+            "reward_mean",
+            "reward_std",
+            "s_pred_mean",
+            "s_ema_mean",
+            "thought_len_mean",
+            "entropy",
+            "grad_norm",
+        ] {
             let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
-            assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "{sets:?} step {}: {k} = {p} in one process, {q} on two ranks", x["step"]);
+            assert!(
+                (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                "{sets:?} step {}: {k} = {p} in one process, {q} on two ranks",
+                x["step"]
+            );
         }
     }
     let samples = std::fs::read_to_string(two.path().join("samples.jsonl")).unwrap();
-    let contexts: Vec<u64> = samples.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["context"].as_u64().unwrap()).collect();
-    assert!(!contexts.is_empty() && contexts.iter().all(|c| c % 2 == 0), "rank 0 writes its own contexts (0, 2): {contexts:?}");
+    let contexts: Vec<u64> = samples
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["context"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !contexts.is_empty() && contexts.iter().all(|c| c % 2 == 0),
+        "rank 0 writes its own contexts (0, 2): {contexts:?}"
+    );
     let (rel, name) = worst_relative_difference(&weights(one.path(), 4), &weights(two.path(), 4));
     let (moved, _) = worst_relative_difference(&initial_weights(), &weights(one.path(), 4));
     eprintln!("{sets:?}: worst relative weight difference {rel:.2e} ({name}); weights moved up to {moved:.2e}");
-    assert!(moved > 1e-3, "{sets:?}: training hardly moved the weights ({moved:e}): the comparison would prove nothing");
+    assert!(
+        moved > 1e-3,
+        "{sets:?}: training hardly moved the weights ({moved:e}): the comparison would prove nothing"
+    );
     rel
 }
 
 fn initial_weights() -> Vec<(String, Vec<f32>)> {
-    let m = model::weights::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-rlp")).unwrap().model;
-    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+    let m = model::weights::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-rlp"))
+        .unwrap()
+        .model;
+    m.named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -150,16 +220,28 @@ fn two_ranks_match_one_process_to_float_rounding_on_ragged_contexts() {
 
 #[test]
 fn resume_works_on_the_same_and_on_another_world_size() {
-    let (four, two) = ([&["train.steps=4"][..], &STRICT].concat(), [&["train.steps=2"][..], &STRICT].concat());
+    let (four, two) = (
+        [&["train.steps=4"][..], &STRICT].concat(),
+        [&["train.steps=2"][..], &STRICT].concat(),
+    );
     let straight = tempfile::tempdir().unwrap();
     train(1, straight.path(), &four);
     for resumed_on in [2, 1] {
         let split = tempfile::tempdir().unwrap();
         train(2, split.path(), &two);
         let args = [train_args(split.path(), &four), vec!["--resume".into()]].concat();
-        let out = if resumed_on == 1 { Command::new(rlp()).args(&args).output() } else { mpirun(2, &args).output() };
+        let out = if resumed_on == 1 {
+            Command::new(rlp()).args(&args).output()
+        } else {
+            mpirun(2, &args).output()
+        };
         check("resume", out.unwrap());
-        assert_same_weights(&format!("2 ranks, then resumed on {resumed_on}"), straight.path(), split.path(), 4);
+        assert_same_weights(
+            &format!("2 ranks, then resumed on {resumed_on}"),
+            straight.path(),
+            split.path(),
+            4,
+        );
         assert_eq!(metrics(split.path()).len(), 4);
     }
 }
@@ -184,8 +266,15 @@ fn rank_pid(run: &Path, rank: usize) -> u32 {
     let want_env = format!("OMPI_COMM_WORLD_RANK={rank}");
     let want_arg = run.display().to_string();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let (Ok(cmd), Ok(env)) = (std::fs::read(entry.path().join("cmdline")), std::fs::read(entry.path().join("environ"))) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(env)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read(entry.path().join("environ")),
+        ) else {
+            continue;
+        };
         let has = |blob: &[u8], s: &str| blob.split(|&b| b == 0).any(|x| x == s.as_bytes());
         if has(&cmd, &want_arg) && has(&env, &want_env) && !has(&cmd, "--allow-run-as-root") {
             return pid;
@@ -208,7 +297,11 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> 
 }
 
 fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 #[test]
@@ -224,11 +317,21 @@ fn a_hung_rank_makes_the_other_abort_with_the_timeout_message() {
     let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status(); // if still there
     let waited = stopped.elapsed();
     let stderr = std::fs::read_to_string(&log).unwrap();
-    let status = status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 hanging:\n{stderr}"));
+    let status =
+        status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 hanging:\n{stderr}"));
     assert!(!status.success());
-    assert!(stderr.contains("collective timed out") && stderr.contains("train.collective_timeout_s = 3 s"), "no timeout message:\n{stderr}");
-    assert!(stderr.contains("rank 0 of 2"), "the message should name the waiting rank:\n{stderr}");
-    assert!(waited >= Duration::from_secs(timeout_s as u64 - 1), "aborted after {waited:?}, before the timeout");
+    assert!(
+        stderr.contains("collective timed out") && stderr.contains("train.collective_timeout_s = 3 s"),
+        "no timeout message:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("rank 0 of 2"),
+        "the message should name the waiting rank:\n{stderr}"
+    );
+    assert!(
+        waited >= Duration::from_secs(timeout_s as u64 - 1),
+        "aborted after {waited:?}, before the timeout"
+    );
     eprintln!("hung rank: job ended {waited:.1?} after rank 1 stopped (timeout {timeout_s} s)");
 }
 
@@ -242,9 +345,18 @@ fn a_killed_rank_ends_the_job_within_the_timeout() {
     let killed = Instant::now();
     let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
     let stderr = std::fs::read_to_string(&log).unwrap();
-    let status = status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 dying:\n{stderr}"));
+    let status =
+        status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 dying:\n{stderr}"));
     assert!(!status.success(), "the job must fail when a rank dies:\n{stderr}");
     // Either mpirun notices the dead rank and ends the job, or rank 0's collective times out.
     let by_timeout = stderr.contains("collective timed out");
-    eprintln!("killed rank: job ended {:.1?} later, by {}", killed.elapsed(), if by_timeout { "rank 0's collective timeout" } else { "mpirun" });
+    eprintln!(
+        "killed rank: job ended {:.1?} later, by {}",
+        killed.elapsed(),
+        if by_timeout {
+            "rank 0's collective timeout"
+        } else {
+            "mpirun"
+        }
+    );
 }

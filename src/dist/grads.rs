@@ -21,7 +21,10 @@ pub fn all_reduce_grads(dist: &Dist, grads: &mut GradStore, vars: &[Var]) -> Res
     if dist.world() == 1 {
         return Ok(());
     }
-    let mut present: Vec<f32> = vars.iter().map(|v| grads.get(v.as_tensor()).is_some() as u8 as f32).collect();
+    let mut present: Vec<f32> = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).is_some() as u8 as f32)
+        .collect();
     dist.all_reduce_f32("gradient presence flags", &mut present)?;
     for bucket in buckets(vars, BUCKET_FLOATS) {
         let vars = &vars[bucket];

@@ -159,15 +159,35 @@ mod tests {
     #[test]
     fn an_unknown_metric_is_refused_even_in_a_single_process() {
         let mut m = json!({"step": 1, "novel_metric": 2.0});
-        let err = reduce_metrics(&Dist::Single, &mut m, Share { thoughts: 4, contexts: 1 }).unwrap_err().to_string();
-        assert!(err.contains("novel_metric") && err.contains("src/dist/metrics.rs"), "{err}");
+        let err = reduce_metrics(
+            &Dist::Single,
+            &mut m,
+            Share {
+                thoughts: 4,
+                contexts: 1,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("novel_metric") && err.contains("src/dist/metrics.rs"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_single_process_keeps_its_values() {
         let mut m = json!({"step": 3, "reward_mean": 0.5, "reward_std": 0.25, "grad_norm": null});
         let before = m.clone();
-        reduce_metrics(&Dist::Single, &mut m, Share { thoughts: 4, contexts: 1 }).unwrap();
+        reduce_metrics(
+            &Dist::Single,
+            &mut m,
+            Share {
+                thoughts: 4,
+                contexts: 1,
+            },
+        )
+        .unwrap();
         assert_eq!(m, before);
     }
 }

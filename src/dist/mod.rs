@@ -155,7 +155,12 @@ impl Dist {
 pub fn launcher_world_size() -> Option<(&'static str, usize)> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
         .into_iter()
-        .find_map(|var| std::env::var(var).ok().and_then(|v| v.trim().parse().ok()).map(|n| (var, n)))
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .map(|n| (var, n))
+        })
 }
 
 #[cfg(feature = "mpi")]

@@ -34,7 +34,11 @@ impl MpiWorld {
             bail!("MPI was already initialised in this process");
         };
         let world = universe.world();
-        Ok(MpiWorld { world, timeout, _universe: universe })
+        Ok(MpiWorld {
+            world,
+            timeout,
+            _universe: universe,
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -48,7 +52,9 @@ impl MpiWorld {
     pub fn all_reduce_f32(&self, what: &str, buf: &mut [f32]) -> Result<()> {
         let send = buf.to_vec();
         mpi::request::scope(|scope| {
-            let req = self.world.immediate_all_reduce_into(scope, &send[..], buf, SystemOperation::sum());
+            let req = self
+                .world
+                .immediate_all_reduce_into(scope, &send[..], buf, SystemOperation::sum());
             self.wait(&format!("all-reduce (sum) of {what}, {} floats", send.len()), req);
         });
         Ok(())

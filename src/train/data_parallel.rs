@@ -25,7 +25,12 @@ pub fn local_contexts(b: usize, dist: &Dist) -> Result<Vec<usize>> {
 /// This rank's flat thought indices (local context × G + i) for the minibatch made of the
 /// global contexts `global_range`; `global_index[c]` is local context c's global index.
 pub fn minibatch_thoughts(global_index: &[usize], global_range: Range<usize>, g: usize) -> Vec<usize> {
-    global_index.iter().enumerate().filter(|(_, gi)| global_range.contains(gi)).flat_map(|(c, _)| (c * g)..(c * g + g)).collect()
+    global_index
+        .iter()
+        .enumerate()
+        .filter(|(_, gi)| global_range.contains(gi))
+        .flat_map(|(c, _)| (c * g)..(c * g + g))
+        .collect()
 }
 
 /// Refuse a world size that would leave some rank without a context in some minibatch.
@@ -69,7 +74,8 @@ pub fn all_reduce_policy_gradient(dist: &Dist, pg: &mut PolicyGradient, vars: &[
     dist.all_reduce_f64("largest policy ratio", &mut max, ReduceOp::Max)?;
     let [loss, thoughts, tokens, low, high, ratio_sum, entropy, kl, fwd] = sums;
     pg.loss = loss;
-    (st.n_thoughts, st.n_tokens, st.n_clipped_low, st.n_clipped_high) = (thoughts as usize, tokens as usize, low as usize, high as usize);
+    (st.n_thoughts, st.n_tokens, st.n_clipped_low, st.n_clipped_high) =
+        (thoughts as usize, tokens as usize, low as usize, high as usize);
     st.ratio_sum = ratio_sum;
     st.ratio_max = max[0] as f32;
     pg.entropy = if tokens > 0.0 { entropy / tokens } else { 0.0 };
