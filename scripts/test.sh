@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test suite, with its set-up: fetch what the tests need, then run every test in release
-# mode (numerical code is too slow unoptimised).
+# mode (numerical code is too slow unoptimised), then the data-parallel tests under a real
+# `mpirun` (cargo feature `mpi`; Open MPI and libclang from scripts/setup-mpi.sh, idempotent).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh --tests
+bash scripts/setup-mpi.sh
 cargo test --release "$@"
+cargo test --release --features mpi --test mpi

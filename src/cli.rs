@@ -234,9 +234,17 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Some(o) => o.clone(),
         None => PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()),
     };
-    let mut trainer = crate::train::trainer::Trainer::new(cfg, &out, a.resume)?;
-    trainer.run()?;
-    println!("run directory: {}", out.display());
+    // [dist] One process, or one rank of an `mpirun`/`srun` job.
+    let timeout = std::time::Duration::from_secs_f64(cfg.train.collective_timeout_s);
+    let dist = std::rc::Rc::new(crate::dist::Dist::from_launcher(timeout)?);
+    let result = crate::train::trainer::Trainer::new_distributed(cfg, &out, a.resume, dist.clone()).and_then(|mut t| t.run());
+    if let Err(e) = &result {
+        dist.abort_job_after_error(e); // ends every rank; returns only in a single process
+    }
+    result?;
+    if dist.is_root() {
+        println!("run directory: {}", out.display());
+    }
     Ok(())
 }
 

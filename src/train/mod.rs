@@ -1,6 +1,7 @@
 //! Training loop pieces: optimizer, EMA teacher, LR schedule, checkpoints, the loop itself.
 
 pub mod checkpoint;
+pub mod data_parallel;
 pub mod ema;
 pub mod optim;
 pub mod policy;
