@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, with its set-up: fetch what the tests need, then run every test in release
-# mode (numerical code is too slow unoptimised).
+# mode (numerical code is too slow unoptimised), then the data-parallel tests under a real
+# `mpirun` (cargo feature `mpi`; Open MPI and libclang from scripts/setup-mpi.sh, idempotent).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -8,4 +9,6 @@ bash scripts/setup.sh --tests
 # One CPU thread per process: the tests run in parallel already, and candle's spin-waiting
 # thread pool only costs time at these model sizes.
 export RAYON_NUM_THREADS=1
+bash scripts/setup-mpi.sh
 cargo test --release "$@"
+cargo test --release --features mpi --test mpi

@@ -235,12 +235,20 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         None => PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()),
     };
     crate::train::signals::install()?;
-    let mut trainer = crate::train::trainer::Trainer::new(cfg, &out, a.resume)?;
-    trainer.run()?;
-    println!("run directory: {}", out.display());
+    // [dist] One process, or one rank of an `mpirun`/`srun` job.
+    let timeout = std::time::Duration::from_secs_f64(cfg.train.collective_timeout_s);
+    let dist = std::rc::Rc::new(crate::dist::Dist::from_launcher(timeout)?);
+    let result = crate::train::trainer::Trainer::new_distributed(cfg, &out, a.resume, dist.clone()).and_then(|mut t| t.run().map(|_| t.step));
+    if let Err(e) = &result {
+        dist.abort_job_after_error(e); // ends every rank; returns only in a single process
+    }
+    let step = result?;
+    if dist.is_root() {
+        println!("run directory: {}", out.display());
+    }
     if let Some(sig) = crate::train::signals::stop_requested() {
         let name = crate::train::signals::name(sig);
-        eprintln!("stopped by {name} after step {}; the checkpoint is written: continue with --resume", trainer.step);
+        eprintln!("stopped by {name} after step {step}; the checkpoint is written: continue with --resume");
         std::process::exit(128 + sig);
     }
     Ok(())

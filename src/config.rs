@@ -181,6 +181,12 @@ pub struct TrainSection {
     /// with an error; 0 stops at the first. Default 3.
     #[serde(default = "default_max_consecutive_nonfinite")]
     pub max_consecutive_nonfinite: usize,
+    /// Seconds any one collective (gradient all-reduce, metric reduction, barrier) may wait for
+    /// the other ranks under `mpirun`/`srun` before the whole job is aborted with a message: a
+    /// rank that died or hangs must not leave the others waiting forever. Unused by a single
+    /// process. Default 300.
+    #[serde(default = "default_collective_timeout_s")]
+    pub collective_timeout_s: f64,
 }
 
 /// `[logging]`: what is printed and written besides metrics.
@@ -259,6 +265,9 @@ fn default_text_field() -> String {
 }
 fn default_max_consecutive_nonfinite() -> usize {
     3
+}
+fn default_collective_timeout_s() -> f64 {
+    300.0
 }
 
 impl Default for RolloutSection {
@@ -426,6 +435,7 @@ impl TrainConfig {
         let rule = format!("must be in [0, optim.lr = {}]", p.lr);
         out.require(p.min_lr >= 0.0 && p.min_lr <= p.lr, "optim.min_lr", p.min_lr, &rule);
         out.require(t.steps >= 1, "train.steps", t.steps, "must be at least 1");
+        out.require(positive(t.collective_timeout_s), "train.collective_timeout_s", t.collective_timeout_s, "must be > 0 seconds");
         let rule = format!("must not exceed train.steps ({})", t.steps);
         out.require(p.warmup_steps <= t.steps, "optim.warmup_steps", p.warmup_steps, &rule);
         if let Some(m) = t.micro_batch {
@@ -800,6 +810,7 @@ mod tests {
             ),
             (None, 0, 3)
         );
+        assert_eq!(c.train.collective_timeout_s, 300.0);
         assert_eq!((c.logging.samples_every, c.checkpoint.keep_last), (10, 3));
     }
 
@@ -992,6 +1003,8 @@ mod tests {
             (&["optim.min_lr=1"], "optim.min_lr"),
             (&["optim.warmup_steps=11"], "optim.warmup_steps"),
             (&["checkpoint.keep_last=0"], "checkpoint.keep_last"),
+            (&["train.collective_timeout_s=0"], "train.collective_timeout_s"),
+            (&["train.collective_timeout_s=-5"], "train.collective_timeout_s"),
         ];
         for (overrides, key) in cases {
             let err = validate_err(overrides);

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod dist;
 pub mod eval;
 pub mod flops;
 pub mod model;

@@ -40,9 +40,10 @@ impl RolloutParams {
         b
     }
 
-    /// Tokens banned in an RPT guess: the think markers.
+    /// Tokens banned in an RPT guess: those banned in a thought (EOS, `<think>`, ids past the
+    /// tokenizer) and `</think>`, the same set as at the first thought position.
     pub fn banned_in_guess(&self) -> Vec<u32> {
-        vec![self.think_id, self.end_think_id]
+        self.banned_at(0)
     }
 }
 

@@ -76,7 +76,12 @@ fn rpt_rewards_are_binary_prefix_matches() {
         // reward 1 exactly when the guess is the true next token (one guess token)
         assert_eq!(r == 1.0, s["guess"] == s["x_t"], "{s}");
     }
-    assert_eq!(metrics(dir.path()).len(), 2);
+    let m = metrics(dir.path());
+    assert_eq!(m.len(), 2);
+    // thought and guess log-probs in the update come from the distribution the sampler drew from
+    for v in &m {
+        assert!((v["ratio_mean"].as_f64().unwrap() - 1.0).abs() < 1e-4, "{v}");
+    }
 }
 
 #[test]

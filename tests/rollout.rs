@@ -97,3 +97,27 @@ fn no_think_score_is_the_prefix_logprob() {
     assert!((s[0] - last_logprob(&m, &a, 6)).abs() < 1e-4);
     assert!((s[1] - last_logprob(&m, &b, 7)).abs() < 1e-4);
 }
+
+#[test]
+fn per_context_rngs_make_thoughts_independent_of_the_batch() {
+    // What data-parallel ranks rely on: a context sampled alone gives the thoughts it gets as
+    // part of a larger batch, when its RNG comes from (seed, step, global index) alone.
+    use rlp::rollout::context_rng;
+    let m = tiny();
+    let p = params(511, 5, 1.0);
+    let prefixes = [vec![7u32, 8, 9], vec![100, 200, 300, 400, 500], vec![3, 4, 5, 6, 7, 8, 9, 10]];
+    let prompts: Vec<Prompt> = prefixes.iter().map(|x| Prompt { prefix: x, target: 42 }).collect();
+    let mut rngs: Vec<_> = (0..3).map(|b| context_rng(9, 2, b)).collect();
+    let together = sample_thoughts(&m, &prompts, &p, &mut rngs).unwrap();
+    for b in 0..3 {
+        let alone = sample_thoughts(&m, &prompts[b..b + 1], &p, &mut [context_rng(9, 2, b as u64)]).unwrap();
+        for (x, y) in together[b].iter().zip(&alone[0]) {
+            assert_eq!(x.ids, y.ids, "context {b}: thoughts differ alone and in a batch");
+            assert!((x.s_pred - y.s_pred).abs() < 1e-5, "context {b}: S_pred {} vs {}", x.s_pred, y.s_pred);
+        }
+    }
+    let other_batch = sample_thoughts(&m, &prompts[..1], &p, &mut [context_rng(9, 3, 0)]).unwrap();
+    let ids = |g: &[rlp::rollout::Thought]| g.iter().map(|t| t.ids.clone()).collect::<Vec<_>>();
+    assert_ne!(ids(&together[0]), ids(&other_batch[0]), "another step must draw other thoughts");
+    assert!(sample_thoughts(&m, &prompts, &p, &mut rngs[..2]).is_err());
+}

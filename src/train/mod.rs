@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod faults;
+pub mod data_parallel;
 pub mod ema;
 pub mod optim;
 pub mod policy;

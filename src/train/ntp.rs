@@ -1,9 +1,11 @@
 //! The CPT baseline: continued pretraining with the next-token loss on packed documents, with
 //! the same optimizer, schedule, checkpoints, metrics and resume as RLP.
 
+use super::data_parallel as dp; // [dist]
 use super::trainer::{GradAccumulator, Timing, Trainer};
 use crate::data::corpus::TokenizedDocs;
 use crate::data::packer::{Packer, Window};
+use crate::dist::metrics::{reduce_metrics, Share}; // [dist]
 use crate::flops;
 use crate::model::{target_logprobs, AttnLayout, Model};
 use anyhow::Result;
@@ -50,10 +52,15 @@ pub fn heldout_nll(model: &Model, docs: &TokenizedDocs, len: usize, eos: u32, ma
 
 impl Trainer {
     /// One NTP optimizer step over `ntp_windows_per_step` packed windows.
+    ///
+    /// [dist] Every rank packs the same global windows in the same order (same packer state)
+    /// and trains windows rank, rank + W, …; the loss is divided by the global target count and
+    /// the gradient and loss summed over ranks before the shared update.
     pub(crate) fn ntp_step(&mut self) -> Result<()> {
         let len = self.cfg.data.max_context;
         let n_windows = self.cfg.ntp_windows_per_step();
-        let windows: Vec<Window> = (0..n_windows).map(|_| self.packer.next_window(&self.data.train, len)).collect::<Result<_>>()?;
+        let all: Vec<Window> = (0..n_windows).map(|_| self.packer.next_window(&self.data.train, len)).collect::<Result<_>>()?;
+        let windows = if self.dist.world() > 1 { dp::local_items(all, &self.dist) } else { all };
         let total_targets = (n_windows * len) as f64;
         let micro = self.cfg.train.micro_batch.unwrap_or(n_windows).clamp(1, n_windows);
         let no_cross = self.cfg.objective.ntp_no_cross_doc_attention;
@@ -66,16 +73,19 @@ impl Trainer {
             loss += l.to_scalar::<f32>()? as f64;
             acc.add(l.backward()?, &self.vars)?;
         }
+        let mut grads = acc.finish()?;
+        dp::all_reduce_loss_and_grads(&self.dist, &mut grads, &mut loss, &self.var_list())?; // [dist]
         let train_s = t0.elapsed().as_secs_f64();
-        let tokens = n_windows * len;
+        let tokens = n_windows * len; // global: every rank counts the whole step
         self.totals.input_tokens += tokens as u64;
         self.totals.trained_tokens += tokens as u64;
         self.totals.flops_train += flops::train_flops(&self.shape, len as u64, tokens as u64);
         let bad = || json!({"windows": windows.iter().map(|w| &w.tokens).collect::<Vec<_>>()});
-        let upd = self.apply_update(acc.finish()?, loss, bad)?;
+        let upd = self.apply_update(grads, loss, bad)?;
         self.step += 1;
         let mut m = json!({});
         self.add_step_fields(&mut m, &upd, loss, &Timing { sample_s: 0.0, score_s: 0.0, train_s, optim_s: upd.optim_s, train_tokens: tokens });
+        reduce_metrics(&self.dist, &mut m, Share { thoughts: 0, contexts: 0 })?; // [dist] no per-sample means
         self.log_step(&m)?;
         self.maybe_checkpoint(1)
     }

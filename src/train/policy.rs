@@ -38,7 +38,7 @@ enum Ban {
     FirstThought,
     /// Later thought tokens and a sampled `</think>`: the rollout's banned tokens.
     Thought,
-    /// RPT guess tokens: only the think markers.
+    /// RPT guess tokens: like the first thought token (`RolloutParams::banned_in_guess`).
     Guess,
 }
 
@@ -129,9 +129,10 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
     let banned: Vec<u32> = p.banned.iter().copied().filter(|&b| b < vocab).collect();
     let col = |id: u32| -> Result<Tensor> { Ok(lp_all.narrow(1, id as usize, 1)?.squeeze(1)?.exp()?) }; // [M]
     let banned_mass = if banned.is_empty() { Tensor::zeros(m, DType::F32, &dev)? } else { lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)? };
-    let (end_p, think_p) = (col(p.end_think_id)?, col(p.think_id)?);
+    let end_p = col(p.end_think_id)?;
     let w = |k: usize| Tensor::new(weights[k].as_slice(), &dev);
-    let removed = ((((&banned_mass + &end_p)? * w(Ban::FirstThought as usize)?)? + (&banned_mass * w(Ban::Thought as usize)?)?)? + ((think_p + end_p)? * w(Ban::Guess as usize)?)?)?;
+    let first_or_guess = (w(Ban::FirstThought as usize)? + w(Ban::Guess as usize)?)?;
+    let removed = (((&banned_mass + &end_p)? * first_or_guess)? + (&banned_mass * w(Ban::Thought as usize)?)?)?;
     let lp_tok = (lp_tok - (1.0 - removed)?.log()?)?; // [M]
     let entropy_sum = (lp_all.detach().exp()? * lp_all.detach())?.sum_all()?.neg()?.to_scalar::<f32>()? as f64;
     let padded = Tensor::cat(&[&lp_tok, &Tensor::zeros(1, DType::F32, &dev)?], 0)?;

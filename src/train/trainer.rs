@@ -9,6 +9,7 @@
 //! NTP (the CPT baseline): packed windows ─▶ next-token loss ─▶ the same update (`ntp.rs`).
 
 use super::checkpoint;
+use super::data_parallel as dp; // [dist]
 use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
 use super::policy::{thought_logprobs, ThoughtRow};
@@ -17,6 +18,8 @@ use crate::config::{Advantage, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
 use crate::data::packer::{Packer, PackerState};
 use crate::data::sampler::{Context, PositionSampler, SamplerState};
+use crate::dist::metrics::{reduce_metrics, Share}; // [dist]
+use crate::dist::{Dist, ReduceOp}; // [dist]
 use crate::flops::{self, ModelShape};
 use crate::model::{self, Model};
 use crate::objective::rlp::{clipped_surrogate, frac_zero_std_groups, group_advantages, group_reward_std, info_gain_rewards, kl_penalty, SurrogateStats};
@@ -31,6 +34,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 /// Counters that accumulate over the whole run (saved in checkpoints, logged every step).
@@ -67,6 +71,8 @@ pub struct Trainer {
     pub(crate) packer: Packer,
     pub(crate) rollout: RolloutParams,
     pub(crate) shape: ModelShape,
+    /// [dist] This process's rank and world; rank 0 alone writes files.
+    pub dist: Rc<Dist>,
     pub step: u64,
     pub(crate) nonfinite_streak: usize,
     pub totals: Totals,
@@ -79,7 +85,10 @@ pub struct Trainer {
 
 /// Everything sampled and scored for one rollout batch.
 pub struct RolloutBatch {
+    /// This rank's contexts (all of them in a single process).
     pub contexts: Vec<Context>,
+    /// [dist] Each local context's index in the global batch of B.
+    pub global_index: Vec<usize>,
     pub thoughts: Vec<Vec<Thought>>, // [B][G]
     pub s_ema: Vec<f32>,             // [B]
     pub rewards: Vec<f32>,           // [B*G]
@@ -113,8 +122,14 @@ impl Trainer {
     /// Load the model, tokenizer and corpus, prepare the run directory, and resume from its
     /// newest checkpoint when `resume` is set. Nothing is written before every input is valid.
     pub fn new(cfg: TrainConfig, run: &Path, resume: bool) -> Result<Trainer> {
+        Trainer::new_distributed(cfg, run, resume, Rc::new(Dist::Single))
+    }
+
+    /// [`Trainer::new`] as one rank of a data-parallel job (`mpirun`/`srun`).
+    pub fn new_distributed(cfg: TrainConfig, run: &Path, resume: bool, dist: Rc<Dist>) -> Result<Trainer> {
         cfg.validate()?;
         super::faults::injected_steps()?; // robustness: a malformed test knob fails here, not mid-run
+        dp::check_batch_fits_world(&cfg, dist.world())?; // [dist]
         let existing = checkpoint::list(run)?;
         if !resume && (!existing.is_empty() || run.join("metrics.jsonl").exists()) {
             bail!("run directory {} already holds a run: pass --resume to continue it, or choose another --out", run.display());
@@ -175,6 +190,7 @@ impl Trainer {
             packer,
             rollout,
             shape,
+            dist,
             step: 0,
             nonfinite_streak: 0,
             totals: Totals::default(),
@@ -183,8 +199,10 @@ impl Trainer {
             fixed_pool: Vec::new(),
             fixed_cursor: 0,
         };
-        std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
-        checkpoint::remove_partial(run)?;
+        if t.dist.is_root() {
+            std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
+            checkpoint::remove_partial(run)?;
+        }
         if resume {
             match existing.last() {
                 Some((_, dir)) => t.restore(dir)?,
@@ -194,7 +212,10 @@ impl Trainer {
             }
         }
         let resolved = t.cfg.to_toml_string()?;
-        std::fs::write(run.join("config.toml"), resolved).with_context(|| format!("cannot write {}", run.join("config.toml").display()))?;
+        t.dist.check_same_on_all_ranks("resolved config", resolved.as_bytes())?; // [dist]
+        if t.dist.is_root() {
+            std::fs::write(run.join("config.toml"), resolved).with_context(|| format!("cannot write {}", run.join("config.toml").display()))?;
+        }
         Ok(t)
     }
 
@@ -297,14 +318,23 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Sample and score one rollout batch of B contexts.
+    /// Sample and score one rollout batch of B contexts (this rank's share of them).
     pub fn rollout_batch(&mut self) -> Result<RolloutBatch> {
-        let contexts = self.draw_contexts()?;
+        // [dist] Every rank draws the same global batch (the entropy filter depends only on the
+        // model, identical on every rank) and keeps contexts rank, rank + W, ….
+        let all = self.draw_contexts()?;
+        if self.dist.world() > 1 {
+            let key: Vec<u8> = all.iter().flat_map(|c| [c.doc as u64, c.pos as u64]).flat_map(u64::to_le_bytes).collect();
+            self.dist.check_same_on_all_ranks("batch of contexts", &key)?;
+        }
+        let global_index = dp::local_contexts(all.len(), &self.dist)?;
+        let contexts: Vec<Context> = if self.dist.world() > 1 { global_index.iter().map(|&i| all[i].clone()).collect() } else { all };
         let prompts: Vec<Prompt> = contexts.iter().map(|c| Prompt { prefix: &c.prefix, target: c.target }).collect();
         let t0 = Instant::now();
         let sampler_model = self.policy.detached()?;
         let seed = self.cfg.train.seed;
-        let mut rngs: Vec<_> = (0..prompts.len()).map(|i| context_rng(seed, self.step, i as u64)).collect();
+        // [dist] keyed by the context's index in the global batch, not in this rank's share
+        let mut rngs: Vec<_> = global_index.iter().map(|&i| context_rng(seed, self.step, i as u64)).collect();
         let thoughts = sample_thoughts(&sampler_model, &prompts, &self.rollout, &mut rngs)?;
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
@@ -324,26 +354,58 @@ impl Trainer {
         };
         let advantages = group_advantages(&rewards, g, self.cfg.objective.advantage == Advantage::Grpo)?;
         let group_std = group_reward_std(&rewards, g)?;
-        self.count_rollout_compute(&contexts, &thoughts);
-        Ok(RolloutBatch { contexts, thoughts, s_ema, rewards, advantages, group_std, sample_s, score_s })
+        self.count_rollout_compute(&contexts, &thoughts)?;
+        Ok(RolloutBatch { contexts, global_index, thoughts, s_ema, rewards, advantages, group_std, sample_s, score_s })
     }
 
-    /// Tokens and FLOPs of sampling and scoring one rollout batch (`flops.rs` conventions).
-    fn count_rollout_compute(&mut self, contexts: &[Context], thoughts: &[Vec<Thought>]) {
+    /// Tokens and FLOPs of sampling and scoring one rollout batch (`flops.rs` conventions),
+    /// summed over ranks.
+    fn count_rollout_compute(&mut self, contexts: &[Context], thoughts: &[Vec<Thought>]) -> Result<()> {
         let sep = self.rollout.separator.len() as u64;
+        let mut acc = self.totals_accumulator();
         for (c, group) in contexts.iter().zip(thoughts) {
             let p = c.prefix.len() as u64 + 1; // prefix + <think>
-            self.totals.input_tokens += c.prefix.len() as u64 + 1;
-            self.totals.flops_sample += flops::prefill_flops(&self.shape, p);
+            acc.input_tokens += c.prefix.len() as u64 + 1;
+            acc.flops_sample += flops::prefill_flops(&self.shape, p);
             for t in group {
                 // sampled: thought, </think>, guess; fed after the prefill: all but the last
                 let generated = t.ids.len() as u64 + 1 + t.guess.len() as u64;
-                self.totals.generated_tokens += generated;
-                self.totals.flops_sample += flops::decode_flops(&self.shape, p, generated + sep);
-                self.totals.flops_score += flops::score_flops(&self.shape, p + t.ids.len() as u64 + sep, 1);
+                acc.generated_tokens += generated;
+                acc.flops_sample += flops::decode_flops(&self.shape, p, generated + sep);
+                acc.flops_score += flops::score_flops(&self.shape, p + t.ids.len() as u64 + sep, 1);
             }
-            self.totals.flops_score += flops::score_flops(&self.shape, 0, c.prefix.len() as u64);
+            acc.flops_score += flops::score_flops(&self.shape, 0, c.prefix.len() as u64);
         }
+        self.add_totals(acc)
+    }
+
+    /// [dist] Where to count this rank's tokens and FLOPs: the run's totals themselves in a
+    /// single process (so its sums are exactly as before), zeros under several ranks.
+    fn totals_accumulator(&self) -> Totals {
+        if self.dist.world() == 1 {
+            self.totals.clone()
+        } else {
+            Totals::default()
+        }
+    }
+
+    /// [dist] Fold an accumulator from [`Self::totals_accumulator`] into the totals, summing
+    /// every rank's counts.
+    fn add_totals(&mut self, acc: Totals) -> Result<()> {
+        if self.dist.world() == 1 {
+            self.totals = acc;
+            return Ok(());
+        }
+        let mut v = [acc.input_tokens as f64, acc.generated_tokens as f64, acc.trained_tokens as f64, acc.flops_sample, acc.flops_score, acc.flops_train];
+        self.dist.all_reduce_f64("token and FLOP counts", &mut v, ReduceOp::Sum)?;
+        let t = &mut self.totals;
+        t.input_tokens += v[0].round() as u64;
+        t.generated_tokens += v[1].round() as u64;
+        t.trained_tokens += v[2].round() as u64;
+        t.flops_sample += v[3];
+        t.flops_score += v[4];
+        t.flops_train += v[5];
+        Ok(())
     }
 
     /// Gradient of the clipped surrogate over the thoughts `idx` (flat b*G+i indices) of `batch`,
@@ -380,6 +442,8 @@ impl Trainer {
 
     /// Non-finite guard, grad-norm clipping, AdamW and (for rollout objectives) the EMA update.
     /// `bad_batch` is written to the run directory when the run stops on repeated faults.
+    /// Under several ranks `grads` and `loss` must already be summed over ranks, so that every
+    /// rank takes the same decision and the same update.
     pub(crate) fn apply_update(&mut self, mut grads: GradStore, loss: f64, bad_batch: impl FnOnce() -> Value) -> Result<Update> {
         let t0 = Instant::now();
         let vars = self.var_list();
@@ -388,9 +452,13 @@ impl Trainer {
         let nonfinite = !loss.is_finite() || grads_have_non_finite(&grads, &vars)?;
         if nonfinite {
             self.nonfinite_streak += 1;
-            eprintln!("warning: step {}: non-finite loss or gradient, step skipped ({} in a row)", self.step + 1, self.nonfinite_streak);
+            if self.dist.is_root() {
+                eprintln!("warning: step {}: non-finite loss or gradient, step skipped ({} in a row)", self.step + 1, self.nonfinite_streak);
+            }
             if self.nonfinite_streak > self.cfg.train.max_consecutive_nonfinite {
-                let p = self.run.join(format!("nonfinite-batch-step-{:06}.json", self.step + 1));
+                // [dist] Each rank saves its own share of the batch.
+                let rank = if self.dist.world() > 1 { format!("-rank-{}", self.dist.rank()) } else { String::new() };
+                let p = self.run.join(format!("nonfinite-batch-step-{:06}{rank}.json", self.step + 1));
                 model::weights::write_json(&p, &bad_batch())?;
                 bail!("{} consecutive steps had a non-finite loss or gradient; the run stops here (the last checkpoint is intact) and the offending batch is saved in {}", self.nonfinite_streak, p.display());
             }
@@ -407,16 +475,23 @@ impl Trainer {
 
     /// Run until `train.steps` optimizer steps are done.
     pub fn run(&mut self) -> Result<()> {
-        println!("{}", self.cfg.batch_arithmetic());
-        println!(
-            "objective: {:?}; model: {} ({} params); corpus: {} training docs, {} held out, {} skipped as too short",
-            self.cfg.objective.name,
-            self.cfg.model.path.display(),
-            self.policy.cfg.num_params(),
-            self.data.train.len(),
-            self.data.heldout.len(),
-            self.data.skipped_short
-        );
+        if self.dist.is_root() {
+            println!("{}", self.cfg.batch_arithmetic());
+            if self.dist.world() > 1 {
+                let unit = if self.cfg.objective.name == ObjectiveName::Ntp { "packed windows" } else { "contexts" };
+                let n = if self.cfg.objective.name == ObjectiveName::Ntp { self.cfg.ntp_windows_per_step() } else { self.cfg.data.contexts_per_step };
+                println!("data parallel: {} ranks, each trains about {} of the {n} {unit} per step", self.dist.world(), n / self.dist.world());
+            }
+            println!(
+                "objective: {:?}; model: {} ({} params); corpus: {} training docs, {} held out, {} skipped as too short",
+                self.cfg.objective.name,
+                self.cfg.model.path.display(),
+                self.policy.cfg.num_params(),
+                self.data.train.len(),
+                self.data.heldout.len(),
+                self.data.skipped_short
+            );
+        }
         self.started = Instant::now();
         self.start_step = self.step;
         while self.step < self.cfg.train.steps as u64 {
@@ -429,7 +504,7 @@ impl Trainer {
                 break;
             }
         }
-        if checkpoint::list(&self.run)?.last().map(|(s, _)| *s) != Some(self.step) {
+        if self.dist.is_root() && checkpoint::list(&self.run)?.last().map(|(s, _)| *s) != Some(self.step) {
             self.save_checkpoint()?;
         }
         Ok(())
@@ -439,25 +514,35 @@ impl Trainer {
     fn rollout_steps(&mut self) -> Result<()> {
         let total = self.cfg.train.steps as u64;
         let batch = self.rollout_batch()?;
-        let (b, g, mb) = (batch.contexts.len(), self.rollout.g, self.cfg.objective.minibatches);
+        // [dist] b is the global batch: minibatches split the global contexts, each rank trains
+        // its own among them
+        let (b, g, mb) = (self.cfg.data.contexts_per_step, self.rollout.g, self.cfg.objective.minibatches);
+        let share = Share { thoughts: batch.contexts.len() * g, contexts: batch.contexts.len() };
         let mut first = true;
+        let mut last = None;
         'epochs: for _epoch in 0..self.cfg.objective.ppo_epochs {
             for m in 0..mb {
                 if self.step >= total {
                     break 'epochs;
                 }
-                let idx: Vec<usize> = ((m * b / mb)..((m + 1) * b / mb)).flat_map(|c| (c * g)..(c * g + g)).collect();
+                let ctx_range = (m * b / mb)..((m + 1) * b / mb);
+                let total_thoughts = ctx_range.len() * g; // the global normaliser
+                let idx = dp::minibatch_thoughts(&batch.global_index, ctx_range, g); // [dist] this rank's share
                 let t0 = Instant::now();
-                let micro = self.cfg.train.micro_batch.unwrap_or(idx.len());
-                let pg = self.policy_gradient(&batch, &idx, idx.len(), micro)?;
+                let micro = self.cfg.train.micro_batch.unwrap_or(total_thoughts);
+                let mut pg = self.policy_gradient(&batch, &idx, total_thoughts, micro)?;
+                // [dist] the global gradient and loss statistics, before any clip or update
+                dp::all_reduce_policy_gradient(&self.dist, &mut pg, &self.var_list())?;
                 let train_s = t0.elapsed().as_secs_f64();
+                let mut acc = self.totals_accumulator();
                 for &k in &idx {
                     let (c, t) = (&batch.contexts[k / g], &batch.thoughts[k / g][k % g]);
                     let seq = c.prefix.len() as u64 + t.ids.len() as u64 + 1 + t.guess.len() as u64;
                     let trained = super::policy::grad_len(t, &self.rollout, self.cfg.rollout.grad_on_forced_end) as u64;
-                    self.totals.flops_train += 3.0 * flops::forward_flops(&self.shape, 0, seq, trained);
+                    acc.flops_train += 3.0 * flops::forward_flops(&self.shape, 0, seq, trained);
                 }
-                self.totals.trained_tokens += pg.forward_tokens as u64;
+                self.add_totals(acc)?; // [dist] summed over ranks
+                self.totals.trained_tokens += pg.forward_tokens as u64; // already global
                 let upd = self.apply_update(pg.grads, pg.loss, || bad_rollout_batch_json(&batch))?;
                 self.step += 1;
                 let (sample_s, score_s) = if first { (batch.sample_s, batch.score_s) } else { (0.0, 0.0) };
@@ -469,7 +554,9 @@ impl Trainer {
                 for (k, v) in [("clip_frac_low", st.clip_frac_low() as f64), ("clip_frac_high", st.clip_frac_high() as f64), ("ratio_mean", st.ratio_mean() as f64), ("entropy", pg.entropy), ("kl", pg.kl)] {
                     m[k] = json!(v);
                 }
+                reduce_metrics(&self.dist, &mut m, share)?; // [dist]
                 self.log_step(&m)?;
+                last = Some(m);
             }
         }
         let every = self.cfg.logging.samples_every as u64;
@@ -477,25 +564,34 @@ impl Trainer {
         if every > 0 && (self.step.div_ceil(per_batch) - 1) % every == 0 {
             self.write_samples(&batch)?;
         }
-        self.warn_on_degenerate_rollouts(&batch);
+        if let Some(m) = &last {
+            self.warn_on_degenerate_rollouts(m);
+        }
         self.maybe_checkpoint(per_batch)?;
         Ok(())
     }
 
-    fn warn_on_degenerate_rollouts(&self, batch: &RolloutBatch) {
-        let all: Vec<&Thought> = batch.thoughts.iter().flatten().collect();
-        let truncated = all.iter().filter(|t| !t.closed).count() as f64 / all.len().max(1) as f64;
+    /// From the batch's (global) rollout metrics.
+    fn warn_on_degenerate_rollouts(&self, m: &Value) {
+        if !self.dist.is_root() {
+            return;
+        }
+        let truncated = m["thought_truncated_frac"].as_f64().unwrap_or(0.0);
         if truncated > 0.9 && self.rollout.budget > 1 {
             eprintln!("warning: step {}: {:.0}% of thoughts hit the {}-token budget; consider a larger rollout.thought_budget", self.step, 100.0 * truncated, self.rollout.budget);
         }
-        if frac_zero_std_groups(&batch.group_std) == 1.0 {
+        if m["frac_zero_std_groups"].as_f64() == Some(1.0) {
             eprintln!("warning: step {}: every group has zero reward spread, so every advantage is 0 and nothing is learned", self.step);
         }
     }
 
     /// Checkpoint when a multiple of `checkpoint.every` was crossed during the last
     /// `steps_done` steps (checkpoints fall on rollout-batch boundaries), or at the end.
+    /// Rank 0 alone writes checkpoints.
     pub(crate) fn maybe_checkpoint(&mut self, steps_done: u64) -> Result<()> {
+        if !self.dist.is_root() {
+            return Ok(());
+        }
         let every = self.cfg.checkpoint.every as u64;
         let crossed = every > 0 && self.step / every > (self.step - steps_done.min(self.step)) / every;
         if crossed || self.step >= self.cfg.train.steps as u64 {
@@ -583,7 +679,11 @@ impl Trainer {
     }
 
     /// Append to metrics.jsonl (with periodic eval fields) and print the progress line.
+    /// Rank 0 alone logs (and evaluates); `m` must already be reduced over ranks.
     pub(crate) fn log_step(&self, m: &Value) -> Result<()> {
+        if !self.dist.is_root() {
+            return Ok(());
+        }
         let mut m = m.clone();
         if let Some(e) = self.periodic_eval()? {
             for (k, v) in e.as_object().unwrap() {
@@ -620,14 +720,18 @@ impl Trainer {
         writeln!(f, "{v}").with_context(|| format!("cannot write {}", p.display()))
     }
 
+    /// Rank 0 alone writes, its own contexts (`context` is the index in the global batch).
     fn write_samples(&self, batch: &RolloutBatch) -> Result<()> {
+        if !self.dist.is_root() {
+            return Ok(());
+        }
         let g = self.rollout.g;
         for (b, (ctx, group)) in batch.contexts.iter().zip(&batch.thoughts).enumerate() {
             let tail = &ctx.prefix[ctx.prefix.len().saturating_sub(32)..];
             for (i, t) in group.iter().enumerate() {
                 let mut rec = json!({
                     "step": self.step,
-                    "context": b,
+                    "context": batch.global_index[b],
                     "doc": ctx.doc,
                     "pos": ctx.pos,
                     "prefix_tail": self.tok.decode(tail)?,
@@ -710,10 +814,12 @@ impl Trainer {
         self.fixed_cursor = state["fixed_cursor"].as_u64().unwrap_or(0) as usize;
         self.step = step;
         // Lines logged after the checkpoint belong to steps that will run again.
-        for name in ["metrics.jsonl", "samples.jsonl"] {
-            truncate_jsonl_after(&self.run.join(name), step)?;
+        if self.dist.is_root() {
+            for name in ["metrics.jsonl", "samples.jsonl"] {
+                truncate_jsonl_after(&self.run.join(name), step)?;
+            }
+            eprintln!("resumed from {} at step {step}", dir.display());
         }
-        eprintln!("resumed from {} at step {step}", dir.display());
         Ok(())
     }
 

@@ -1,0 +1,137 @@
+//! The trainer's side of data parallelism: which contexts of the global batch this rank
+//! samples and trains on, and summing a rank's policy gradient into the global one.
+//!
+//! Every rank draws the same global batch of B contexts (same seed, same sampler state) and
+//! keeps contexts rank, rank + W, … (`data::sampler::shard`). Each context's thoughts come from
+//! its own RNG (`rollout::context_rng`, keyed by seed, step and global index), so the
+//! union of the ranks' thoughts is what one process would sample. Losses are divided by the
+//! global thought count, so the sum of the ranks' gradients is the single-process gradient;
+//! every rank then applies the same clip, AdamW and EMA update to identical weights.
+//!
+//! NTP the same way: every rank packs the same global windows and trains windows rank,
+//! rank + W, …, with the loss divided by the global target count.
+
+use super::trainer::PolicyGradient;
+use crate::config::{ObjectiveName, TrainConfig};
+use crate::data::sampler::shard;
+use crate::dist::grads::all_reduce_grads;
+use crate::dist::{Dist, ReduceOp};
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::Var;
+use std::ops::Range;
+
+/// Global indices (in 0..b) of the contexts this rank owns.
+pub fn local_contexts(b: usize, dist: &Dist) -> Result<Vec<usize>> {
+    shard(&(0..b).collect::<Vec<_>>(), dist.rank(), dist.world())
+}
+
+/// This rank's flat thought indices (local context × G + i) for the minibatch made of the
+/// global contexts `global_range`; `global_index[c]` is local context c's global index.
+pub fn minibatch_thoughts(global_index: &[usize], global_range: Range<usize>, g: usize) -> Vec<usize> {
+    global_index
+        .iter()
+        .enumerate()
+        .filter(|(_, gi)| global_range.contains(gi))
+        .flat_map(|(c, _)| (c * g)..(c * g + g))
+        .collect()
+}
+
+/// This rank's items rank, rank + W, … of a global list (NTP's packed windows).
+pub fn local_items<T>(items: Vec<T>, dist: &Dist) -> Vec<T> {
+    let (rank, world) = (dist.rank(), dist.world());
+    items.into_iter().skip(rank).step_by(world).collect()
+}
+
+/// Refuse a world size that would leave some rank without a context in some minibatch (or,
+/// for ntp, without a packed window in a step).
+pub fn check_batch_fits_world(cfg: &TrainConfig, world: usize) -> Result<()> {
+    if cfg.objective.name == ObjectiveName::Ntp {
+        let n = cfg.ntp_windows_per_step();
+        if n < world {
+            bail!(
+                "objective.name = \"ntp\" packs {n} windows of data.max_context = {} tokens per step, fewer than the \
+                 {world} ranks: every rank needs at least one. Raise objective.ntp_tokens_per_step to at least {} or \
+                 start fewer ranks",
+                cfg.data.max_context,
+                world * cfg.data.max_context
+            );
+        }
+        return Ok(());
+    }
+    let b = cfg.data.contexts_per_step;
+    let mb = cfg.objective.minibatches.max(1);
+    if b / mb < world {
+        bail!(
+            "data.contexts_per_step = {b} split into objective.minibatches = {mb} gives {} contexts per update, \
+             fewer than the {world} ranks: every rank needs at least one. Raise data.contexts_per_step to at \
+             least {} or start fewer ranks",
+            b / mb,
+            world * mb
+        );
+    }
+    Ok(())
+}
+
+/// Sum an NTP step's gradient and loss over all ranks, in place.
+pub fn all_reduce_loss_and_grads(dist: &Dist, grads: &mut GradStore, loss: &mut f64, vars: &[Var]) -> Result<()> {
+    if dist.world() == 1 {
+        return Ok(());
+    }
+    all_reduce_grads(dist, grads, vars)?;
+    let mut l = [*loss];
+    dist.all_reduce_f64("loss", &mut l, ReduceOp::Sum)?;
+    *loss = l[0];
+    Ok(())
+}
+
+/// Sum the gradient and the loss statistics of `pg` over all ranks, in place. Afterwards every
+/// rank holds the global gradient, loss, clip counts, entropy, KL and token count.
+pub fn all_reduce_policy_gradient(dist: &Dist, pg: &mut PolicyGradient, vars: &[Var]) -> Result<()> {
+    if dist.world() == 1 {
+        return Ok(());
+    }
+    all_reduce_grads(dist, &mut pg.grads, vars)?;
+    let st = &mut pg.stats;
+    let tokens = st.n_tokens as f64;
+    let mut sums = [
+        pg.loss,
+        st.n_thoughts as f64,
+        tokens,
+        st.n_clipped_low as f64,
+        st.n_clipped_high as f64,
+        st.ratio_sum,
+        pg.entropy * tokens,
+        pg.kl * tokens,
+        pg.forward_tokens as f64,
+    ];
+    dist.all_reduce_f64("loss statistics", &mut sums, ReduceOp::Sum)?;
+    let mut max = [st.ratio_max as f64];
+    dist.all_reduce_f64("largest policy ratio", &mut max, ReduceOp::Max)?;
+    let [loss, thoughts, tokens, low, high, ratio_sum, entropy, kl, fwd] = sums;
+    pg.loss = loss;
+    (st.n_thoughts, st.n_tokens, st.n_clipped_low, st.n_clipped_high) =
+        (thoughts as usize, tokens as usize, low as usize, high as usize);
+    st.ratio_sum = ratio_sum;
+    st.ratio_max = max[0] as f32;
+    pg.entropy = if tokens > 0.0 { entropy / tokens } else { 0.0 };
+    pg.kl = if tokens > 0.0 { kl / tokens } else { 0.0 };
+    pg.forward_tokens = fwd as usize;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_split_the_batch_and_each_minibatch_between_them() {
+        // B = 6 over 2 ranks: rank 0 owns contexts 0, 2, 4, rank 1 owns 1, 3, 5; G = 2.
+        let owned = [vec![0, 2, 4], vec![1, 3, 5]];
+        // Minibatch of global contexts 0..3: rank 0 trains local contexts 0, 1 (global 0, 2).
+        assert_eq!(minibatch_thoughts(&owned[0], 0..3, 2), vec![0, 1, 2, 3]);
+        assert_eq!(minibatch_thoughts(&owned[1], 0..3, 2), vec![0, 1]);
+        assert_eq!(minibatch_thoughts(&owned[1], 3..6, 2), vec![2, 3, 4, 5]);
+        assert_eq!(local_contexts(6, &Dist::Single).unwrap(), (0..6).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,421 @@
+//! Data parallelism under a real `mpirun` (cargo feature `mpi`; Open MPI from
+//! scripts/setup-mpi.sh): two ranks train the weights one process trains, resume works across
+//! world sizes, and a hung or killed rank ends the job instead of leaving the other waiting.
+//!
+//! Runs a private copy of the `rlp` binary of this build (or `$RLP_TEST_BIN`), as the target
+//! directory may be shared with other builds that replace it; `mpirun` must be on the PATH (the test installs
+//! nothing). As root, `--allow-run-as-root`; `--oversubscribe` lets 2 ranks share fewer cores.
+#![cfg(feature = "mpi")]
+
+use rlp::model;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// `$RLP_TEST_BIN`, or a private copy of this build's `rlp` taken at first use: the target
+/// directory may be shared with other builds that replace `target/release/rlp` while the tests
+/// run. Copies left by earlier test processes that have ended are removed.
+fn rlp() -> String {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(b) = std::env::var("RLP_TEST_BIN") {
+            return b;
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mpi-test-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let pid = e.file_name().to_string_lossy().trim_start_matches("rlp-").to_string();
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(&pid).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let copy = dir.join(format!("rlp-{}", std::process::id()));
+        std::fs::copy(env!("CARGO_BIN_EXE_rlp"), &copy).unwrap();
+        copy.display().to_string()
+    })
+    .clone()
+}
+
+fn config() -> String {
+    format!("{}/configs/tiny.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn train_args(run: &Path, sets: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "train".into(),
+        "--config".into(),
+        config(),
+        "--out".into(),
+        run.display().to_string(),
+    ];
+    for s in ["logging.progress=false", "train.threads=1"].iter().chain(sets) {
+        a.extend(["--set".to_string(), s.to_string()]);
+    }
+    a
+}
+
+fn mpirun(np: usize, args: &[String]) -> Command {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        found.is_ok_and(|s| s.success()),
+        "mpirun not found: install Open MPI with scripts/setup-mpi.sh"
+    );
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), &rlp()])
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+fn check(what: &str, out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rlp train` in one process (`np` = 1) or under `mpirun -np np`.
+fn train(np: usize, run: &Path, sets: &[&str]) {
+    let args = train_args(run, sets);
+    let out = if np == 1 {
+        Command::new(rlp()).args(&args).output()
+    } else {
+        mpirun(np, &args).output()
+    };
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    check(&format!("rlp train on {np} rank(s)"), out);
+    if np > 1 {
+        let banner = format!("data parallel: {np} ranks");
+        assert!(
+            stdout.contains(&banner),
+            "{} did not run as {np} ranks (not an MPI build?):\n{stdout}",
+            rlp()
+        );
+    }
+}
+
+fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
+    let m = model::weights::load(&run.join(format!("checkpoints/step-{step:06}")))
+        .unwrap()
+        .model;
+    m.named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+/// Largest ‖a − b‖ / ‖a‖ over the parameter tensors, and the tensor it is found in.
+fn worst_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f64, String) {
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let mut worst = (0.0, String::new());
+    for ((name, x), (name_b, y)) in a.iter().zip(b) {
+        assert_eq!(name, name_b);
+        let rel =
+            norm(&mut x.iter().zip(y).map(|(p, q)| (p - q) as f64)) / norm(&mut x.iter().map(|&p| p as f64)).max(1e-30);
+        if rel >= worst.0 {
+            worst = (rel, name.clone());
+        }
+    }
+    worst
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_same_weights(what: &str, a: &Path, b: &Path, step: u64) {
+    let (rel, name) = worst_relative_difference(&weights(a, step), &weights(b, step));
+    eprintln!("{what}: worst relative weight difference {rel:.2e} ({name})");
+    assert!(rel <= 1e-6, "{what}: weights differ by {rel:e} relative in {name}");
+}
+
+/// Prefixes of equal length (max_context 8, every position at least 7 in): every batched
+/// decode kernel sees the same shapes whichever rank samples a context, so the thoughts and
+/// their scores are bitwise those of one process. And an AdamW ε well above the float noise of
+/// gradient entries that cancel to ~0 (the G thoughts' advantages sum to zero, so gradient
+/// through what they share cancels): with the default ε = 1e-8 Adam's step g/(|g|+ε) turns
+/// ~1e-10 of summation-order noise in such entries into ~1e-3 of a step. With ε = 1e-3 the
+/// update is lr·m/(√v+ε) ≈ m, proportional to the gradient, so a wrong gradient scale or a
+/// missing share would show, while summation-order noise stays far below the tolerance.
+const STRICT: [&str; 4] = [
+    "data.max_context=8",
+    "data.min_prefix=7",
+    "optim.eps=1e-3",
+    "optim.lr=1e-3",
+];
+
+/// Train 4 steps on 1 and on 2 ranks; check rank 0's logs; return the worst relative
+/// difference of the weights.
+fn one_vs_two_ranks(sets: &[&str]) -> f64 {
+    let sets = [&["train.steps=4"][..], sets].concat();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train(1, one.path(), &sets);
+    train(2, two.path(), &sets);
+    let (m1, m2) = (metrics(one.path()), metrics(two.path()));
+    assert_eq!(m1.len(), 4);
+    assert_eq!(m2.len(), 4, "rank 0 alone writes metrics: one line per step");
+    for (x, y) in m1.iter().zip(&m2) {
+        // the same thoughts were sampled: same token counts, same rewards
+        assert_eq!(x["generated_tokens_total"], y["generated_tokens_total"], "{sets:?}");
+        assert_eq!(x["input_tokens_total"], y["input_tokens_total"]);
+        for k in [
+            "reward_mean",
+            "reward_std",
+            "s_pred_mean",
+            "s_ema_mean",
+            "thought_len_mean",
+            "entropy",
+            "grad_norm",
+        ] {
+            let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!(
+                (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                "{sets:?} step {}: {k} = {p} in one process, {q} on two ranks",
+                x["step"]
+            );
+        }
+    }
+    let samples = std::fs::read_to_string(two.path().join("samples.jsonl")).unwrap();
+    let contexts: Vec<u64> = samples
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["context"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !contexts.is_empty() && contexts.iter().all(|c| c % 2 == 0),
+        "rank 0 writes its own contexts (0, 2): {contexts:?}"
+    );
+    let (rel, name) = worst_relative_difference(&weights(one.path(), 4), &weights(two.path(), 4));
+    let (moved, _) = worst_relative_difference(&initial_weights(), &weights(one.path(), 4));
+    eprintln!("{sets:?}: worst relative weight difference {rel:.2e} ({name}); weights moved up to {moved:.2e}");
+    assert!(
+        moved > 1e-3,
+        "{sets:?}: training hardly moved the weights ({moved:e}): the comparison would prove nothing"
+    );
+    rel
+}
+
+fn initial_weights() -> Vec<(String, Vec<f32>)> {
+    let m = model::weights::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-rlp"))
+        .unwrap()
+        .model;
+    m.named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+#[test]
+fn two_ranks_train_the_weights_one_process_trains() {
+    // B = 4 contexts, G = 4, 2 per rank; then 2 minibatches per rollout batch (1 context per
+    // rank per update).
+    for extra in [&[][..], &["objective.minibatches=2"][..]] {
+        let rel = one_vs_two_ranks(&[&STRICT[..], extra].concat());
+        assert!(rel <= 1e-6, "{extra:?}: weights differ by {rel:e} relative");
+    }
+}
+
+#[test]
+fn two_ranks_match_one_process_to_float_rounding_on_ragged_contexts() {
+    // With prefixes of different lengths the batched decode pads to a batch-dependent width,
+    // and S_pred may move by one float ulp (~5e-7) with the batch a context is sampled in.
+    // The advantage is a small difference of such scores (~1e-2), so its relative error is
+    // ~1e-4, and AdamW's normalised step carries that into the weights: measured 3.5e-5 after
+    // 4 steps on this config. The thoughts themselves are the same (checked in the helper).
+    let rel = one_vs_two_ranks(&[]);
+    assert!(rel <= 1e-3, "weights differ by {rel:e} relative");
+}
+
+#[test]
+fn entropy_filtered_contexts_on_two_ranks_match_one_process() {
+    // Every rank draws the same global batch through the entropy filter (it depends only on the
+    // model, identical on every rank; the trainer checks the ranks agree), sampled and fixed.
+    // 4 positions per document visit, so that keeping the top half per document drops some.
+    let filter = ["objective.rpt_top_frac=0.5", "data.positions_per_doc=4"];
+    for extra in [&filter[..], &[&filter[..], &["data.fixed_contexts=6"]].concat()] {
+        let rel = one_vs_two_ranks(&[&STRICT[..], extra].concat());
+        assert!(rel <= 1e-6, "{extra:?}: weights differ by {rel:e} relative");
+    }
+}
+
+#[test]
+fn ntp_on_two_ranks_trains_the_weights_one_process_trains() {
+    // 4 packed windows per step; each rank trains 2, the loss divided by all 4 windows' targets.
+    let sets = ["objective.name=ntp", "train.steps=3", "optim.eps=1e-3", "optim.lr=1e-3"];
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train(1, one.path(), &sets);
+    train(2, two.path(), &sets);
+    let (m1, m2) = (metrics(one.path()), metrics(two.path()));
+    assert_eq!((m1.len(), m2.len()), (3, 3));
+    for (x, y) in m1.iter().zip(&m2) {
+        for k in ["input_tokens_total", "trained_tokens_total", "flops_train_total"] {
+            assert_eq!(x[k], y[k], "{k}");
+        }
+        for k in ["loss", "grad_norm"] {
+            let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!(
+                (p - q).abs() <= 1e-5 * p.abs().max(1.0),
+                "step {}: {k} = {p} in one process, {q} on two ranks",
+                x["step"]
+            );
+        }
+    }
+    let (moved, _) = worst_relative_difference(&initial_weights(), &weights(one.path(), 3));
+    assert!(moved > 1e-3, "training hardly moved the weights ({moved:e})");
+    assert_same_weights("ntp, 1 vs 2 ranks", one.path(), two.path(), 3);
+}
+
+#[test]
+fn resume_works_on_the_same_and_on_another_world_size() {
+    let (four, two) = (
+        [&["train.steps=4"][..], &STRICT].concat(),
+        [&["train.steps=2"][..], &STRICT].concat(),
+    );
+    let straight = tempfile::tempdir().unwrap();
+    train(1, straight.path(), &four);
+    for resumed_on in [2, 1] {
+        let split = tempfile::tempdir().unwrap();
+        train(2, split.path(), &two);
+        let args = [train_args(split.path(), &four), vec!["--resume".into()]].concat();
+        let out = if resumed_on == 1 {
+            Command::new(rlp()).args(&args).output()
+        } else {
+            mpirun(2, &args).output()
+        };
+        check("resume", out.unwrap());
+        assert_same_weights(
+            &format!("2 ranks, then resumed on {resumed_on}"),
+            straight.path(),
+            split.path(),
+            4,
+        );
+        assert_eq!(metrics(split.path()).len(), 4);
+    }
+}
+
+/// Start a long 2-rank run and wait until rank 0 has logged `steps` steps.
+fn start_long_run(run: &Path, timeout_s: u32, log: &Path) -> Child {
+    let timeout = format!("train.collective_timeout_s={timeout_s}");
+    let args = train_args(run, &["train.steps=100000", &timeout]);
+    let log = std::fs::File::create(log).unwrap();
+    let child = mpirun(2, &args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(Instant::now() < deadline, "the 2-rank run logged no steps within 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// The pid of rank `rank` of the job writing to `run`, found through /proc (Open MPI sets
+/// OMPI_COMM_WORLD_RANK in each rank's environment).
+fn rank_pid(run: &Path, rank: usize) -> u32 {
+    let want_env = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let want_arg = run.display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(env)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read(entry.path().join("environ")),
+        ) else {
+            continue;
+        };
+        let has = |blob: &[u8], s: &str| blob.split(|&b| b == 0).any(|x| x == s.as_bytes());
+        if has(&cmd, &want_arg) && has(&env, &want_env) && !has(&cmd, "--allow-run-as-root") {
+            return pid;
+        }
+    }
+    panic!("no process of rank {rank} for {want_arg}");
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn a_hung_rank_makes_the_other_abort_with_the_timeout_message() {
+    let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = logs.path().join("stderr.txt");
+    let timeout_s = 3;
+    let mut job = start_long_run(run.path(), timeout_s, &log);
+    let rank1 = rank_pid(run.path(), 1);
+    signal(rank1, "-STOP"); // hangs: alive, but never reaches the next collective
+    let stopped = Instant::now();
+    let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
+    let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status(); // if still there
+    let waited = stopped.elapsed();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let status =
+        status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 hanging:\n{stderr}"));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("collective timed out") && stderr.contains("train.collective_timeout_s = 3 s"),
+        "no timeout message:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("rank 0 of 2"),
+        "the message should name the waiting rank:\n{stderr}"
+    );
+    assert!(
+        waited >= Duration::from_secs(timeout_s as u64 - 1),
+        "aborted after {waited:?}, before the timeout"
+    );
+    eprintln!("hung rank: job ended {waited:.1?} after rank 1 stopped (timeout {timeout_s} s)");
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_within_the_timeout() {
+    let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = logs.path().join("stderr.txt");
+    let timeout_s = 5;
+    let mut job = start_long_run(run.path(), timeout_s, &log);
+    signal(rank_pid(run.path(), 1), "-KILL");
+    let killed = Instant::now();
+    let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let status =
+        status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 dying:\n{stderr}"));
+    assert!(!status.success(), "the job must fail when a rank dies:\n{stderr}");
+    // Either mpirun notices the dead rank and ends the job, or rank 0's collective times out.
+    let by_timeout = stderr.contains("collective timed out");
+    eprintln!(
+        "killed rank: job ended {:.1?} later, by {}",
+        killed.elapsed(),
+        if by_timeout {
+            "rank 0's collective timeout"
+        } else {
+            "mpirun"
+        }
+    );
+}
