@@ -17,8 +17,8 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Continue a prompt, greedily or by seeded sampling.
     Generate(cli::GenerateArgs),
-    /// Time the forward pass or batched decoding.
-    Bench(cli::BenchArgs),
+    /// Time the forward pass, batched decoding, or every phase of one RLP step.
+    Bench(rlp::bench::BenchArgs),
     /// Train with RLP (or a baseline objective) from a TOML config.
     Train(cli::TrainArgs),
     /// Train a small byte-level BPE tokenizer on a corpus (for tiny test and demo models).
@@ -30,7 +30,7 @@ fn main() {
     let result: Result<()> = match args.command {
         Command::Score(a) => cli::score(&a),
         Command::Generate(a) => cli::generate(&a),
-        Command::Bench(a) => cli::bench(&a),
+        Command::Bench(a) => rlp::bench::run(&a),
         Command::Train(a) => cli::train(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
     };

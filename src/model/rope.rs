@@ -57,4 +57,12 @@ impl Rope {
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
     }
+
+    /// Same as [`apply`](Self::apply) with candle's fused kernel (no gradient): x [B, H, T, hd]
+    /// contiguous, tables as returned by [`cos_sin`](Self::cos_sin).
+    pub fn apply_inference(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let table = |c: &Tensor| -> Result<Tensor> { Ok(c.narrow(D::Minus1, 0, half)?.squeeze(1)?.contiguous()?) }; // [B, T, hd/2]
+        Ok(candle_nn::rotary_emb::rope(x, &table(cos)?, &table(sin)?)?)
+    }
 }

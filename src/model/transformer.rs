@@ -93,11 +93,25 @@ impl AttnLayout {
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    // x [..., in] · w[out, in]ᵀ (+ b[out]) -> [..., out]
+    linear_with(x, w, b, false)
+}
+
+/// Rows up to which the inference path computes x·Wᵀ as (W·xᵀ)ᵀ: with few rows gemm is about
+/// 2× faster with the weight as the tall left operand (BENCHMARKS.md, `mm_shapes`).
+const SKINNY_ROWS: usize = 32;
+
+/// x [..., in] · w[out, in]ᵀ (+ b[out]) -> [..., out]. `inference`: no gradient needed, so a
+/// skinny x may take the transposed product.
+fn linear_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, inference: bool) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let n_in = *dims.last().unwrap();
     let rows = x.elem_count() / n_in;
-    let y = x.reshape((rows, n_in))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, n_in))?;
+    let y = if inference && rows <= SKINNY_ROWS && x.device().is_cpu() {
+        w.matmul(&x2.t()?)?.t()? // [out, rows]ᵀ
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -107,29 +121,34 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y.reshape(out_dims)?)
 }
 
-/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
+/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w (fused, differentiable).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    Ok(y.broadcast_mul(w)?)
+    super::fused::rms_norm(x, w, eps)
 }
 
 impl Layer {
-    /// One pre-norm block. x [B, T, D] -> [B, T, D].
+    /// One pre-norm block. x [B, T, D] -> [B, T, D]. With a cache the block is inference-only:
+    /// it uses candle's fused RoPE and softmax kernels, which record no gradient.
     fn forward(&self, cfg: &Config, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps;
+        let inference = cache.is_some();
+        let lin = |x: &Tensor, w: &Tensor, b: Option<&Tensor>| linear_with(x, w, b, inference);
         let xn = rms_norm(x, &self.input_norm, eps)?;
-        let q = linear(&xn, &self.q_proj, self.q_bias.as_ref())?.reshape((b, t, h, hd))?;
-        let k = linear(&xn, &self.k_proj, self.k_bias.as_ref())?.reshape((b, t, kv, hd))?;
-        let v = linear(&xn, &self.v_proj, self.v_bias.as_ref())?.reshape((b, t, kv, hd))?;
+        let q = lin(&xn, &self.q_proj, self.q_bias.as_ref())?.reshape((b, t, h, hd))?;
+        let k = lin(&xn, &self.k_proj, self.k_bias.as_ref())?.reshape((b, t, kv, hd))?;
+        let v = lin(&xn, &self.v_proj, self.v_bias.as_ref())?.reshape((b, t, kv, hd))?;
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (rms_norm(&q, qn, eps)?, rms_norm(&k, kn, eps)?),
             _ => (q, k),
         };
-        let q = Rope::apply(&q.transpose(1, 2)?.contiguous()?, cos_sin)?; // [B, H, T, hd]
-        let k = Rope::apply(&k.transpose(1, 2)?.contiguous()?, cos_sin)?; // [B, KV, T, hd]
+        let rope = |x: &Tensor| -> Result<Tensor> {
+            let x = x.transpose(1, 2)?.contiguous()?;
+            if inference { Rope::apply_inference(&x, cos_sin) } else { Rope::apply(&x, cos_sin) }
+        };
+        let q = rope(&q)?; // [B, H, T, hd]
+        let k = rope(&k)?; // [B, KV, T, hd]
         let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?, // [B, KV, K, hd]
@@ -141,14 +160,14 @@ impl Layer {
         let qg = q.reshape((b, kv, r * t, hd))?;
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
         let scores = scores.reshape((b, h, t, kl))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = if inference { candle_nn::ops::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax(&scores, D::Minus1)? };
         let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
         let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
-        let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
+        let x = (x + lin(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
         let xn = rms_norm(&x, &self.post_attn_norm, eps)?;
-        let gate = candle_nn::ops::silu(&linear(&xn, &self.gate_proj, None)?)?;
-        let up = linear(&xn, &self.up_proj, None)?;
-        Ok((&x + linear(&(gate * up)?, &self.down_proj, None)?)?)
+        let gate = candle_nn::ops::silu(&lin(&xn, &self.gate_proj, None)?)?;
+        let up = lin(&xn, &self.up_proj, None)?;
+        Ok((&x + lin(&(gate * up)?, &self.down_proj, None)?)?)
     }
 }
 
@@ -309,8 +328,12 @@ impl Model {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&self.cfg, &x, &cos_sin, &mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
+        let inference = cache.is_some();
         if let Some(c) = cache {
             c.advance(t);
+        }
+        if inference {
+            return Ok(candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?);
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
     }
@@ -320,10 +343,15 @@ impl Model {
         linear(hidden, self.lm_head_weight(), None)
     }
 
+    /// Logits for inference (no gradient): hidden [.., D] -> [.., V].
+    pub fn logits_inference(&self, hidden: &Tensor) -> Result<Tensor> {
+        linear_with(hidden, self.lm_head_weight(), None, true)
+    }
+
     /// Logits at every position of right-padded rows. Returns [B, T, V] with T = longest row;
     /// positions past a row's end hold garbage.
     pub fn forward_logits(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
-        let (ids, lens, t) = pad_right(rows, &Device::Cpu)?;
+        let (ids, lens, t) = pad_right(rows, self.embed.device())?;
         let layout = AttnLayout::right_padded(&lens, t);
         self.logits(&self.forward_hidden(&ids, &layout, None)?)
     }

@@ -3,13 +3,15 @@
 //!
 //! The distribution is the sampler's: logits / temperature, with the rollout's banned tokens
 //! removed (`</think>` too at the first thought position). Removing a set S from a softmax gives
-//! log p'(x) = log p(x) − log(1 − Σ_{s∈S} p(s)), which is what is computed here, so that the
-//! ratio π_θ / π_θold is exactly 1 on the first PPO epoch up to float rounding.
+//! log p'(x) = log p(x) − log(1 − Σ_{s∈S} p(s)) = z_x − log Σ_{j∉S} exp z_j, which is what is
+//! computed here (fused, `model::fused::masked_target_logprobs`), so that the ratio
+//! π_θ / π_θold is exactly 1 on the first PPO epoch up to float rounding.
 
 use crate::model::{AttnLayout, Model};
 use crate::rollout::{RolloutParams, Thought};
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use crate::model::fused::{masked_target_logprobs, tempered_entropy, Exclusions};
+use candle_core::Tensor;
 
 /// One thought to score: its context's prefix and the thought.
 pub struct ThoughtRow<'a> {
@@ -38,7 +40,7 @@ pub fn grad_len(t: &Thought, grad_on_forced_end: bool) -> usize {
 }
 
 pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtLogprobs> {
-    let dev = Device::Cpu;
+    let dev = model.embed.device().clone();
     let n = rows.len();
     let lens: Vec<usize> = rows.iter().map(|r| grad_len(r.thought, grad_on_forced_end)).collect();
     let u_max = lens.iter().copied().max().unwrap_or(0).max(1);
@@ -78,20 +80,11 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
     }
     let d = model.cfg.hidden_size;
     let h = hidden.reshape((n * t_max, d))?.index_select(&Tensor::new(rows_idx.as_slice(), &dev)?, 0)?; // [M, D]
-    let z = (model.logits(&h)? / p.sampling.temperature as f64)?; // [M, V]
-    let lp_all = candle_nn::ops::log_softmax(&z, D::Minus1)?; // [M, V]
-    let targets_t = Tensor::new(targets.as_slice(), &dev)?;
-    let lp_tok = lp_all.gather(&targets_t.unsqueeze(1)?, 1)?.squeeze(1)?; // [M]
+    let z = model.logits(&h)?; // [M, V]
     let vocab = model.cfg.vocab_size as u32;
-    let banned: Vec<u32> = p.banned.iter().copied().filter(|&b| b < vocab).collect();
-    let mut removed = Tensor::zeros(m, candle_core::DType::F32, &dev)?;
-    if !banned.is_empty() {
-        removed = lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)?; // [M]
-    }
-    let end_col = lp_all.narrow(1, p.end_think_id as usize, 1)?.squeeze(1)?.exp()?; // [M]
-    let removed = (removed + (end_col * Tensor::new(first.as_slice(), &dev)?)?)?;
-    let lp_tok = (lp_tok - (1.0 - removed)?.log()?)?; // [M]
-    let entropy_sum = (lp_all.detach().exp()? * lp_all.detach())?.sum_all()?.neg()?.to_scalar::<f32>()? as f64;
+    let excl = Exclusions { banned: p.banned.iter().copied().filter(|&b| b < vocab).collect(), first_banned: Some(p.end_think_id), first_rows: first.iter().map(|&f| f > 0.0).collect() };
+    let lp_tok = masked_target_logprobs(&z, &targets, &excl, p.sampling.temperature)?; // [M]
+    let entropy_sum = tempered_entropy(&z, p.sampling.temperature)?.sum_all()?.to_scalar::<f32>()? as f64;
     let padded = Tensor::cat(&[&lp_tok, &Tensor::zeros(1, candle_core::DType::F32, &dev)?], 0)?;
     let logp = padded.index_select(&Tensor::new(slot.as_slice(), &dev)?, 0)?.reshape((n, u_max))?; // [N, U]
     let mut mask = vec![0f32; n * u_max];
