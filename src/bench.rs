@@ -27,6 +27,8 @@ pub enum BenchWhat {
     Forward,
     Decode,
     Step,
+    /// Forward logits and greedy decode on `--device` against the CPU (for GPU checks).
+    Parity,
 }
 
 #[derive(Args)]
@@ -56,6 +58,9 @@ pub struct BenchArgs {
     /// step: thought tokens (all thoughts run to the budget: `</think>` is banned until then).
     #[arg(long, default_value_t = 32)]
     pub budget: usize,
+    /// cpu, or cuda / cuda:N (needs a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// CPU threads (sets RAYON_NUM_THREADS; 0 = candle's default, all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -65,11 +70,48 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.threads > 0 {
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     }
-    let m = model::weights::load(&a.model)?.model;
+    let cpu_model = model::weights::load(&a.model)?.model;
+    let dev = parse_device(&a.device)?;
+    if let BenchWhat::Parity = a.what {
+        return bench_parity(a, &cpu_model.detached()?, &dev);
+    }
+    let m = cpu_model.to_device(&dev)?;
+    drop(cpu_model);
     match a.what {
         BenchWhat::Forward | BenchWhat::Decode => bench_pass(a, &m.detached()?),
-        BenchWhat::Step => bench_step(a, m),
+        _ => bench_step(a, m),
     }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s.split_once(':') {
+        _ if s == "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" => Ok(Device::new_cuda(0)?),
+        Some(("cuda", n)) => Ok(Device::new_cuda(n.parse()?)?),
+        _ => anyhow::bail!("--device {s}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+/// Max |Δ| of the logits of a fake batch (relative to the largest |logit|) and whether a
+/// 16-token greedy decode agrees, `--device` against the CPU. Fails above 1e-3 relative.
+fn bench_parity(a: &BenchArgs, cpu: &Model, dev: &Device) -> Result<()> {
+    let other = cpu.to_device(dev)?;
+    let prompts: Vec<Vec<u32>> = (0..a.batch.max(2)).map(|r| fake_row(r, a.seq - r % 3, cpu.cfg.vocab_size as u32)).collect();
+    let on_cpu = cpu.forward_logits(&prompts)?;
+    let on_dev = other.forward_logits(&prompts)?.to_device(&Device::Cpu)?;
+    let scale = on_cpu.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let diff = (&on_cpu - &on_dev)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? / scale.max(1e-12);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let greedy_cpu = cpu.generate(&prompts, 16, None, &mut rng)?;
+    let greedy_dev = other.generate(&prompts, 16, None, &mut rng)?;
+    let same = greedy_cpu == greedy_dev;
+    println!("{:<22} {:>14}", "check", "result");
+    println!("{:<22} {:>14.2e}", "logits max rel diff", diff);
+    println!("{:<22} {:>14}", "greedy decode equal", same);
+    println!("{}", json!({ "bench": "parity", "device": a.device, "logits_max_rel_diff": diff, "greedy_equal": same }));
+    anyhow::ensure!(diff < 1e-3, "{}: logits differ from the CPU by {diff:.2e} (relative)", a.device);
+    Ok(())
 }
 
 /// Deterministic pseudo-text: row r of n ids below `v`.
@@ -151,6 +193,8 @@ pub fn peak_rss_mib() -> f64 {
 
 struct Phase {
     name: &'static str,
+    /// Peak resident memory (VmHWM, MiB) after the phase.
+    rss_mib: f64,
     secs: f64,
     tokens: usize,
     flops: f64,
@@ -184,11 +228,13 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let reps = a.repeats;
 
     let prefill_s = timed(reps, || Ok(sampler.prefill(&with_think, a.prefix + 1).map(|_| ())?))?;
+    let prefill_rss = peak_rss_mib();
     let mut thoughts = Vec::new();
     let sample_s = timed(reps, || {
         thoughts = sample_thoughts(&sampler, &prompts, &p, &mut rng)?;
         Ok(())
     })?;
+    let sample_rss = peak_rss_mib();
     let mut ema = EmaTeacher::new();
     let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     ema.init_from(&var_list)?;
@@ -198,6 +244,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         s_ema = no_think_scores(&teacher, &prompts)?;
         Ok(())
     })?;
+    let score_rss = peak_rss_mib();
     let mut rewards = Vec::new();
     for (group, &se) in thoughts.iter().zip(&s_ema) {
         rewards.extend(info_gain_rewards(&group.iter().map(|t| t.s_pred).collect::<Vec<_>>(), se));
@@ -207,23 +254,27 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
 
     let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
     let mut grads = None;
+    let mut fwd_rss = 0f64;
     for _ in 0..reps.max(1) + 1 {
         let t0 = Instant::now();
         let lp = thought_logprobs(&policy, &rows, &p, false)?;
         let (loss, _) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?;
         loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
+        fwd_rss = fwd_rss.max(peak_rss_mib());
         grads = Some(loss.backward()?);
         fwd.push((t1 - t0).as_secs_f64());
         bwd.push(t1.elapsed().as_secs_f64());
     }
     let (fwd_s, bwd_s) = (median(fwd[1..].to_vec()), median(bwd[1..].to_vec()));
+    let policy_rss = peak_rss_mib();
     let mut grads = grads.unwrap();
     let mut opt = AdamW::new(var_list.clone(), AdamWConfig::default())?;
     let optim_s = timed(reps, || {
         clip_grad_norm(&mut grads, &var_list, 1.0)?;
         Ok(opt.step(&grads, 1e-7)?)
     })?;
+    let optim_rss = peak_rss_mib();
     let ema_s = timed(reps, || Ok(ema.update(&var_list, 0.999)?))?;
 
     let (pl, c) = (a.prefix as u64 + 1, budget as u64 + 1); // prompt incl. <think>; thought incl. </think>
@@ -233,24 +284,24 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let train_fwd_flops = step_flops.train / 3.0;
     let n_params = var_list.iter().map(|v| v.elem_count()).sum::<usize>();
     let phases = [
-        Phase { name: "prefill", secs: prefill_s, tokens: b * (a.prefix + 1), flops: prefill_flops },
-        Phase { name: "decode", secs: (sample_s - prefill_s).max(1e-9), tokens: b * g * (budget + 1), flops: step_flops.sample - prefill_flops + step_flops.score },
-        Phase { name: "score", secs: score_s, tokens: b * a.prefix, flops: step_flops.teacher },
-        Phase { name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops },
-        Phase { name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops },
-        Phase { name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: step_flops.train },
-        Phase { name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
-        Phase { name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
+        Phase { rss_mib: prefill_rss, name: "prefill", secs: prefill_s, tokens: b * (a.prefix + 1), flops: prefill_flops },
+        Phase { rss_mib: sample_rss, name: "decode", secs: (sample_s - prefill_s).max(1e-9), tokens: b * g * (budget + 1), flops: step_flops.sample - prefill_flops + step_flops.score },
+        Phase { rss_mib: score_rss, name: "score", secs: score_s, tokens: b * a.prefix, flops: step_flops.teacher },
+        Phase { rss_mib: fwd_rss, name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops },
+        Phase { rss_mib: policy_rss, name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops },
+        Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: step_flops.train },
+        Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
+        Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
     ];
     let total_s: f64 = phases.iter().filter(|ph| ph.name != "policy_fwd_bwd" && ph.name != "decode").map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
     println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, median of 5)", a.prefix);
-    println!("{:<15} {:>9} {:>10} {:>9} {:>6}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU");
+    println!("{:<15} {:>9} {:>10} {:>9} {:>6} {:>10}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU", "VmHWM MiB");
     let mut json_phases = serde_json::Map::new();
     for ph in &phases {
         let gf = ph.flops / ph.secs / 1e9;
         let tps = ph.tokens as f64 / ph.secs;
-        println!("{:<15} {:>9.3} {:>10.1} {:>9.1} {:>5.0}%", ph.name, ph.secs, tps, gf, 100.0 * gf / peak);
-        json_phases.insert(ph.name.into(), json!({ "s": ph.secs, "tokens_per_s": tps, "gflops": gf, "mfu": gf / peak }));
+        println!("{:<15} {:>9.3} {:>10.1} {:>9.1} {:>5.0}% {:>10.0}", ph.name, ph.secs, tps, gf, 100.0 * gf / peak, ph.rss_mib);
+        json_phases.insert(ph.name.into(), json!({ "s": ph.secs, "tokens_per_s": tps, "gflops": gf, "mfu": gf / peak, "peak_rss_mib": ph.rss_mib }));
     }
     println!("{:<15} {:>9.3} {:>10} {:>9.1} {:>5.0}%", "step (sum)", total_s, "", step_flops.total() / total_s / 1e9, 100.0 * step_flops.total() / total_s / 1e9 / peak);
     println!(

@@ -117,3 +117,32 @@ fn check_finite_differences(v: &Var, grad: &[f32], loss: impl Fn(&Tensor) -> f64
         assert!((fd - grad[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()), "element {i}: finite difference {fd}, gradient {}", grad[i]);
     }
 }
+
+#[test]
+fn softmax_matches_the_reference_in_value_and_gradient() {
+    let x = Var::from_vec(randn(&[2, 3, 7], 5), (2, 3, 7), &Device::Cpu).unwrap();
+    let up = Tensor::from_vec(randn(&[2, 3, 7], 6), (2, 3, 7), &Device::Cpu).unwrap();
+    let f = |t: &Tensor| (rlp::model::fused::softmax_last_dim(t).unwrap() * &up).unwrap().sum_all().unwrap();
+    let r = |t: &Tensor| (candle_nn::ops::softmax(t, 2).unwrap() * &up).unwrap().sum_all().unwrap();
+    assert!((f(x.as_tensor()).to_scalar::<f32>().unwrap() - r(x.as_tensor()).to_scalar::<f32>().unwrap()).abs() < 1e-5);
+    let (gf, gr) = (loss_grad(&x, f), loss_grad(&x, r));
+    assert!(gf.iter().zip(&gr).all(|(a, b)| (a - b).abs() < 1e-5), "{gf:?} vs {gr:?}");
+    check_finite_differences(&x, &gf, |t| f(t).to_scalar::<f32>().unwrap() as f64);
+}
+
+#[test]
+fn rope_matches_the_reference_in_value_and_gradient() {
+    use rlp::model::rope::Rope;
+    let (b, h, t, hd) = (2, 3, 4, 8);
+    let rope = Rope { inv_freq: (0..hd / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64)).collect() };
+    let positions: Vec<u32> = vec![0, 1, 2, 3, 5, 6, 7, 9];
+    let (cos, sin) = rope.cos_sin(&positions, b, t, &Device::Cpu).unwrap();
+    let x = Var::from_vec(randn(&[b, h, t, hd], 7), (b, h, t, hd), &Device::Cpu).unwrap();
+    let up = Tensor::from_vec(randn(&[b, h, t, hd], 8), (b, h, t, hd), &Device::Cpu).unwrap();
+    let f = |x: &Tensor| (rlp::model::fused::rope(x, &cos, &sin).unwrap() * &up).unwrap().sum_all().unwrap();
+    let r = |x: &Tensor| (Rope::apply(x, &(cos.clone(), sin.clone())).unwrap() * &up).unwrap().sum_all().unwrap();
+    assert!((f(x.as_tensor()).to_scalar::<f32>().unwrap() - r(x.as_tensor()).to_scalar::<f32>().unwrap()).abs() < 1e-4);
+    let (gf, gr) = (loss_grad(&x, f), loss_grad(&x, r));
+    assert!(gf.iter().zip(&gr).all(|(a, b)| (a - b).abs() < 1e-5));
+    check_finite_differences(&x, &gf, |t| f(t).to_scalar::<f32>().unwrap() as f64);
+}

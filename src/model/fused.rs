@@ -8,6 +8,8 @@
 //!   gradient backward.
 //! - `tempered_entropy`: −Σ p log p of softmax(z / T) per row, no gradient.
 //! - `rms_norm`: x / sqrt(mean(x²) + eps) · w with gradients for x and w.
+//! - `softmax_last_dim`: the attention softmax with its backward.
+//! - `rope`: rotate-half RoPE with its backward (the inverse rotation).
 //!
 //! On devices other than the CPU every function falls back to the reference composition, so
 //! callers stay device-generic. `tests/fused.rs` checks each op against its reference in value
@@ -274,5 +276,118 @@ impl CustomOp2 for RmsNorm {
         let proj = (&gw * &xr)?.mean_keepdim(1)?; // [N, 1] = r·mean(g·w·x)
         let dx = (gw - xr.broadcast_mul(&proj)?)?.broadcast_mul(&r)?; // r·(gw − x·r·proj)
         Ok((Some(dx.reshape(x.shape())?), Some(dw)))
+    }
+}
+
+/// Softmax over the last dim, differentiable: one pass forward, one backward
+/// (dx = y·(g − Σ g·y)) on CPU f32; candle's composition elsewhere.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(SoftmaxLastDim)?)
+    } else {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "rlp-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let d = l.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (oi, &xi) in o.iter_mut().zip(row) {
+                *oi = (xi - mx).exp();
+                sum += *oi;
+            }
+            o.iter_mut().for_each(|oi| *oi /= sum);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "rlp-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_slice(ys, yl)?, f32_slice(gs, gl)?);
+        let d = yl.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; y.len()];
+        for ((o, yr), gr) in out.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
+                *oi = yi * (gi - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+/// Rotary embedding in the "rotate half" layout, differentiable in x: x [B, H, T, hd] with
+/// tables cos, sin [B, 1, T, hd] (halves duplicated, as `Rope::cos_sin` returns). The backward
+/// is the inverse rotation (sin negated). CPU f32; `Rope::apply`'s composition elsewhere.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return super::rope::Rope::apply(x, &(cos.clone(), sin.clone()));
+    }
+    let (b, _, t, hd) = x.dims4()?;
+    let table = |c: &Tensor| -> Result<Vec<f32>> { Ok(c.narrow(D::Minus1, 0, hd / 2)?.flatten_all()?.to_vec1::<f32>()?) }; // [B*T*hd/2]
+    let op = RopeOp { cos: table(cos)?, sin: table(sin)?, b, t, sign: 1.0 };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+struct RopeOp {
+    cos: Vec<f32>, // [B, T, hd/2]
+    sin: Vec<f32>,
+    b: usize,
+    t: usize,
+    /// +1 forward rotation, −1 its inverse (the backward).
+    sign: f32,
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rlp-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (b, h, t, hd) = l.shape().dims4()?;
+        if b != self.b || t != self.t {
+            candle_core::bail!("rope: input [{b}, {h}, {t}, {hd}] does not match tables for B={} T={}", self.b, self.t);
+        }
+        let half = hd / 2;
+        let mut out = vec![0f32; x.len()];
+        for (i, (o, row)) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+            let (bi, ti) = (i / (h * t), i % t);
+            let base = (bi * t + ti) * half;
+            for j in 0..half {
+                let (c, s) = (self.cos[base + j], self.sign * self.sin[base + j]);
+                let (x1, x2) = (row[j], row[j + half]);
+                o[j] = x1 * c - x2 * s;
+                o[j + half] = x2 * c + x1 * s;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = RopeOp { cos: self.cos.clone(), sin: self.sin.clone(), b: self.b, t: self.t, sign: -self.sign };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inverse)?))
     }
 }

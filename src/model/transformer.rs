@@ -145,7 +145,7 @@ impl Layer {
         };
         let rope = |x: &Tensor| -> Result<Tensor> {
             let x = x.transpose(1, 2)?.contiguous()?;
-            if inference { Rope::apply_inference(&x, cos_sin) } else { Rope::apply(&x, cos_sin) }
+            if inference { Rope::apply_inference(&x, cos_sin) } else { super::fused::rope(&x, &cos_sin.0, &cos_sin.1) }
         };
         let q = rope(&q)?; // [B, H, T, hd]
         let k = rope(&k)?; // [B, KV, T, hd]
@@ -160,7 +160,7 @@ impl Layer {
         let qg = q.reshape((b, kv, r * t, hd))?;
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
         let scores = scores.reshape((b, h, t, kl))?.broadcast_add(mask)?;
-        let probs = if inference { candle_nn::ops::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax(&scores, D::Minus1)? };
+        let probs = if inference { candle_nn::ops::softmax_last_dim(&scores)? } else { super::fused::softmax_last_dim(&scores)? };
         let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
         let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let x = (x + lin(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
@@ -264,6 +264,11 @@ impl Model {
     /// A view of the same weights that records no gradient (shares storage: sees in-place updates).
     pub fn detached(&self) -> Result<Model> {
         self.map_tensors(|t| Ok(t.detach()))
+    }
+
+    /// The same weights on `dev` (a copy unless they already live there).
+    pub fn to_device(&self, dev: &Device) -> Result<Model> {
+        self.map_tensors(|t| Ok(t.to_device(dev)?))
     }
 
     /// An independent copy of the weights (new storage).
