@@ -1,14 +1,14 @@
-//! Implementations of the `rlp` subcommands that inspect a model: score, generate, bench.
+//! Implementations of the `rlp` subcommands that inspect a model (score, generate) and train;
+//! `rlp bench` lives in `crate::bench`.
 
 use crate::model::{self, target_logprobs, Model};
 use crate::sampling::SamplingParams;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rand::SeedableRng;
 use serde_json::json;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Args)]
 pub struct InputArgs {
@@ -52,29 +52,6 @@ pub struct GenerateArgs {
     /// Print {"ids": [...], "text": "..."} instead of plain text.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum BenchWhat {
-    Forward,
-    Decode,
-}
-
-#[derive(Args)]
-pub struct BenchArgs {
-    pub what: BenchWhat,
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    /// Sequence length (forward) or prompt length (decode).
-    #[arg(long, default_value_t = 64)]
-    pub seq: usize,
-    /// Decode steps to time.
-    #[arg(long, default_value_t = 32)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
 }
 
 struct Input {
@@ -143,70 +120,6 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// FLOPs of one forward token at context length `ctx`: 2 per weight of every matmul (all
-/// parameters but the embedding lookup, plus the lm_head even when tied) and the attention
-/// scores and weighted sum, 2·2·ctx·H·hd per layer.
-pub fn forward_flops_per_token(cfg: &model::Config, ctx: usize) -> f64 {
-    let emb = cfg.vocab_size * cfg.hidden_size;
-    let non_embedding = cfg.num_params() - emb * if cfg.tie_word_embeddings { 1 } else { 2 };
-    let attn = 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * cfg.head_dim;
-    (2 * (non_embedding + emb) + attn) as f64
-}
-
-pub fn bench(a: &BenchArgs) -> Result<()> {
-    let m = model::weights::load(&a.model)?.model.detached()?;
-    let v = m.cfg.vocab_size as u32;
-    let row = |r: usize, n: usize| -> Vec<u32> { (0..n).map(|i| ((i * 7919 + r * 104729) as u32) % v).collect() };
-    let prompts: Vec<Vec<u32>> = (0..a.batch).map(|r| row(r, a.seq)).collect();
-    let mut times = Vec::new();
-    let (tokens, flops) = match a.what {
-        BenchWhat::Forward => {
-            for _ in 0..a.repeats {
-                let t0 = Instant::now();
-                m.forward_logits(&prompts)?;
-                times.push(t0.elapsed().as_secs_f64());
-            }
-            let tokens = a.batch * a.seq;
-            let flops: f64 = (0..a.seq).map(|i| forward_flops_per_token(&m.cfg, i + 1)).sum::<f64>() * a.batch as f64;
-            (tokens, flops)
-        }
-        BenchWhat::Decode => {
-            for _ in 0..a.repeats {
-                let (mut logits, mut cache) = m.prefill(&prompts, a.seq + a.steps)?;
-                let t0 = Instant::now();
-                for _ in 0..a.steps {
-                    let next: Vec<u32> = logits.to_vec2::<f32>()?.iter().map(|l| crate::sampling::argmax(l)).collect();
-                    logits = m.decode_step(&next, &mut cache)?;
-                }
-                times.push(t0.elapsed().as_secs_f64());
-            }
-            let tokens = a.batch * a.steps;
-            let flops: f64 = (0..a.steps).map(|i| forward_flops_per_token(&m.cfg, a.seq + i + 1)).sum::<f64>() * a.batch as f64;
-            (tokens, flops)
-        }
-    };
-    times.sort_by(f64::total_cmp);
-    let best = times[0];
-    let median = times[times.len() / 2];
-    let what = match a.what {
-        BenchWhat::Forward => "forward",
-        BenchWhat::Decode => "decode",
-    };
-    println!("{:<8} {:>6} {:>6} {:>10} {:>12} {:>10}", "phase", "batch", "seq", "median_s", "tokens/s", "GFLOP/s");
-    println!("{:<8} {:>6} {:>6} {:>10.4} {:>12.1} {:>10.2}", what, a.batch, a.seq, median, tokens as f64 / median, flops / median / 1e9);
-    println!(
-        "{}",
-        json!({ "bench": what, "batch": a.batch, "seq": a.seq, "steps": a.steps, "tokens": tokens,
-                "median_s": median, "best_s": best, "tokens_per_s": tokens as f64 / median, "gflops": flops / median / 1e9,
-                "threads": rayon_threads() })
-    );
-    Ok(())
-}
-
-fn rayon_threads() -> usize {
-    candle_core::utils::get_num_threads()
 }
 
 #[derive(Args)]

@@ -2,6 +2,7 @@
 //! language models, with the paper's baselines (continued pretraining, RPT), evaluation and
 //! Hugging Face compatible checkpoints.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -17,8 +17,8 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Continue a prompt, greedily or by seeded sampling.
     Generate(cli::GenerateArgs),
-    /// Time the forward pass or batched decoding.
-    Bench(cli::BenchArgs),
+    /// Time the forward pass, batched decoding, or every phase of one RLP step.
+    Bench(rlp::bench::BenchArgs),
     /// The paper's comparison in miniature: base vs compute-matched CPT vs RLP vs RPT, from scratch.
     Demo(rlp::demo::run::DemoArgs),
     /// Train with RLP (or a baseline objective) from a TOML config.
@@ -42,7 +42,7 @@ fn main() {
     let result: Result<()> = match args.command {
         Command::Score(a) => cli::score(&a),
         Command::Generate(a) => cli::generate(&a),
-        Command::Bench(a) => cli::bench(&a),
+        Command::Bench(a) => rlp::bench::run(&a),
         Command::Demo(a) => rlp::demo::run::demo(&a),
         Command::Train(a) => cli::train(&a),
         Command::Plan(a) => rlp::plan::plan(&a),

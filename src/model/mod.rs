@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod fused;
 pub mod gguf;
 pub mod init;
 pub mod kv_cache;

@@ -247,6 +247,11 @@ impl Model {
         self.map_tensors(|t| Ok(t.detach()))
     }
 
+    /// The same weights on `dev` (a copy unless they already live there).
+    pub fn to_device(&self, dev: &Device) -> Result<Model> {
+        self.map_tensors(|t| Ok(t.to_device(dev)?))
+    }
+
     /// An independent copy of the weights (new storage).
     pub fn deep_copy(&self) -> Result<Model> {
         self.map_tensors(|t| Ok(t.copy()?))

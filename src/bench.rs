@@ -1,0 +1,315 @@
+//! `rlp bench forward|decode|step`: throughput of the model's passes and of one RLP step, each
+//! printed as a table and one JSON line.
+//!
+//! Timings are wall-clock medians over `--repeats`; FLOPs follow `crate::flops` (matmuls only).
+//! `step` times every phase of one RLP step with the library's own pieces and compares the
+//! achieved GFLOP/s with an f32 matmul peak measured at start (MFU). Speed lives here, never in
+//! timed tests.
+
+use crate::flops::{self, ModelShape};
+use crate::model::{self, Model};
+use crate::objective::rlp::{clipped_surrogate, group_advantages, info_gain_rewards};
+use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
+use crate::sampling::SamplingParams;
+use crate::train::ema::EmaTeacher;
+use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::train::policy::{thought_logprobs, ThoughtRow};
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use clap::{Args, ValueEnum};
+use rand::SeedableRng;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchWhat {
+    Forward,
+    Decode,
+    Step,
+    /// Forward logits and greedy decode on `--device` against the CPU (for GPU checks).
+    Parity,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    pub what: BenchWhat,
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Sequence length (forward) or prompt length (decode).
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    /// Decode steps to time.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// step: contexts per RLP step (B).
+    #[arg(long, default_value_t = 4)]
+    pub contexts: usize,
+    /// step: thoughts per context (G).
+    #[arg(long, default_value_t = 4)]
+    pub g: usize,
+    /// step: prefix tokens per context.
+    #[arg(long, default_value_t = 64)]
+    pub prefix: usize,
+    /// step: thought tokens (all thoughts run to the budget: `</think>` is banned until then).
+    #[arg(long, default_value_t = 32)]
+    pub budget: usize,
+    /// cpu, or cuda / cuda:N (needs a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (sets RAYON_NUM_THREADS; 0 = candle's default, all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    }
+    let cpu_model = model::weights::load(&a.model)?.model;
+    let dev = parse_device(&a.device)?;
+    if let BenchWhat::Parity = a.what {
+        return bench_parity(a, &cpu_model.detached()?, &dev);
+    }
+    let m = cpu_model.to_device(&dev)?;
+    drop(cpu_model);
+    match a.what {
+        BenchWhat::Forward | BenchWhat::Decode => bench_pass(a, &m.detached()?),
+        _ => bench_step(a, m),
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s.split_once(':') {
+        _ if s == "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" => Ok(Device::new_cuda(0)?),
+        Some(("cuda", n)) => Ok(Device::new_cuda(n.parse()?)?),
+        _ => anyhow::bail!("--device {s}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+/// Max |Δ| of the logits of a fake batch (relative to the largest |logit|) and whether a
+/// 16-token greedy decode agrees, `--device` against the CPU. Fails above 1e-3 relative.
+fn bench_parity(a: &BenchArgs, cpu: &Model, dev: &Device) -> Result<()> {
+    let other = cpu.to_device(dev)?;
+    let prompts: Vec<Vec<u32>> = (0..a.batch.max(2)).map(|r| fake_row(r, a.seq - r % 3, cpu.cfg.vocab_size as u32)).collect();
+    let on_cpu = cpu.forward_logits(&prompts)?;
+    let on_dev = other.forward_logits(&prompts)?.to_device(&Device::Cpu)?;
+    let scale = on_cpu.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let diff = (&on_cpu - &on_dev).map_err(anyhow::Error::from)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? / scale.max(1e-12);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let greedy_cpu = cpu.generate(&prompts, 16, None, &mut rng)?;
+    let greedy_dev = other.generate(&prompts, 16, None, &mut rng)?;
+    let same = greedy_cpu == greedy_dev;
+    println!("{:<22} {:>14}", "check", "result");
+    println!("{:<22} {:>14.2e}", "logits max rel diff", diff);
+    println!("{:<22} {:>14}", "greedy decode equal", same);
+    println!("{}", json!({ "bench": "parity", "device": a.device, "logits_max_rel_diff": diff, "greedy_equal": same }));
+    anyhow::ensure!(diff < 1e-3, "{}: logits differ from the CPU by {diff:.2e} (relative)", a.device);
+    Ok(())
+}
+
+/// Deterministic pseudo-text: row r of n ids below `v`.
+fn fake_row(r: usize, n: usize, v: u32) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + r * 104729) as u32) % v).collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Median seconds of `repeats` runs of `f` (after one warm-up run).
+fn timed(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn bench_pass(a: &BenchArgs, m: &Model) -> Result<()> {
+    let shape = ModelShape::from_config(&m.cfg);
+    let prompts: Vec<Vec<u32>> = (0..a.batch).map(|r| fake_row(r, a.seq, m.cfg.vocab_size as u32)).collect();
+    let (what, tokens, flops, secs) = match a.what {
+        BenchWhat::Forward => {
+            let secs = timed(a.repeats, || Ok(m.forward_logits(&prompts).map(|_| ())?))?;
+            ("forward", a.batch * a.seq, a.batch as f64 * flops::forward_flops(&shape, 0, a.seq as u64, a.seq as u64), secs)
+        }
+        _ => {
+            // Greedy decode of `steps` tokens after a prefill (the prefill is not timed).
+            let mut times = Vec::new();
+            for _ in 0..a.repeats {
+                let (mut logits, mut cache) = m.prefill(&prompts, a.seq + a.steps)?;
+                let t0 = Instant::now();
+                for _ in 0..a.steps {
+                    let next: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
+                    logits = m.decode_step(&next, &mut cache)?;
+                }
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            let fl = a.batch as f64 * flops::forward_flops(&shape, a.seq as u64, a.steps as u64, a.steps as u64);
+            ("decode", a.batch * a.steps, fl, median(times))
+        }
+    };
+    println!("{:<8} {:>6} {:>6} {:>10} {:>12} {:>10}", "phase", "batch", "seq", "median_s", "tokens/s", "GFLOP/s");
+    println!("{:<8} {:>6} {:>6} {:>10.4} {:>12.1} {:>10.2}", what, a.batch, a.seq, secs, tokens as f64 / secs, flops / secs / 1e9);
+    println!(
+        "{}",
+        json!({ "bench": what, "batch": a.batch, "seq": a.seq, "steps": a.steps, "tokens": tokens, "median_s": secs,
+                "tokens_per_s": tokens as f64 / secs, "gflops": flops / secs / 1e9,
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib() })
+    );
+    Ok(())
+}
+
+/// f32 matmul GFLOP/s of a square 1024³ candle matmul on `dev`: the peak MFU is measured against.
+pub fn matmul_peak_gflops(dev: &Device) -> Result<f64> {
+    let n = 1024;
+    let x = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let y = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let secs = timed(5, || {
+        let z = x.matmul(&y)?;
+        z.device().synchronize()?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
+}
+
+/// Peak resident memory of this process (VmHWM), MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.unwrap_or(0.0) / 1024.0
+}
+
+struct Phase {
+    name: &'static str,
+    /// Peak resident memory (VmHWM, MiB) after the phase.
+    rss_mib: f64,
+    secs: f64,
+    tokens: usize,
+    flops: f64,
+}
+
+/// One RLP step, phase by phase, on fake prefixes; think tokens are added when missing.
+fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
+    let dev = m.embed.device().clone();
+    let peak = matmul_peak_gflops(&dev)?;
+    let v0 = m.cfg.vocab_size as u32;
+    m.grow_vocab(v0 as usize + 2)?;
+    let (think_id, end_think_id) = (v0, v0 + 1);
+    let (b, g, budget) = (a.contexts, a.g, a.budget);
+    let (policy, vars) = m.into_vars()?;
+    let shape = ModelShape::from_config(&policy.cfg);
+    let prefixes: Vec<Vec<u32>> = (0..b).map(|r| fake_row(r, a.prefix, v0)).collect();
+    let prompts: Vec<Prompt> = prefixes.iter().enumerate().map(|(r, p)| Prompt { prefix: p, target: (r as u32 * 31) % v0 }).collect();
+    // `</think>` banned throughout, so every thought runs to the budget (then it is forced).
+    let p = RolloutParams {
+        g,
+        budget,
+        sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0 },
+        think_id,
+        end_think_id,
+        banned: vec![think_id, end_think_id],
+        separator: vec![],
+        guess_tokens: 0,
+    };
+    let sampler = policy.detached()?;
+    let with_think: Vec<Vec<u32>> = prefixes.iter().map(|x| [x.as_slice(), &[think_id]].concat()).collect();
+    let reps = a.repeats;
+
+    let prefill_s = timed(reps, || Ok(sampler.prefill(&with_think, a.prefix + 1).map(|_| ())?))?;
+    let prefill_rss = peak_rss_mib();
+    let mut thoughts = Vec::new();
+    let sample_s = timed(reps, || {
+        let mut rngs: Vec<_> = (0..prompts.len()).map(|i| crate::rollout::context_rng(0, 0, i as u64)).collect();
+        thoughts = sample_thoughts(&sampler, &prompts, &p, &mut rngs)?;
+        Ok(())
+    })?;
+    let sample_rss = peak_rss_mib();
+    let mut ema = EmaTeacher::new();
+    let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    ema.init_from(&var_list)?;
+    let teacher = policy.detached()?; // same weights as φ at init; the cost is what matters
+    let mut s_ema = Vec::new();
+    let score_s = timed(reps, || {
+        s_ema = no_think_scores(&teacher, &prompts)?;
+        Ok(())
+    })?;
+    let score_rss = peak_rss_mib();
+    let mut rewards = Vec::new();
+    for (group, &se) in thoughts.iter().zip(&s_ema) {
+        rewards.extend(info_gain_rewards(&group.iter().map(|t| t.s_pred).collect::<Vec<_>>(), se));
+    }
+    let adv = Tensor::new(group_advantages(&rewards, g, false)?.as_slice(), &dev)?;
+    let rows: Vec<ThoughtRow> = (0..b * g).map(|k| ThoughtRow { prefix: &prefixes[k / g], thought: &thoughts[k / g][k % g] }).collect();
+
+    let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+    let mut grads = None;
+    let mut fwd_rss = 0f64;
+    for _ in 0..reps.max(1) + 1 {
+        let t0 = Instant::now();
+        let lp = thought_logprobs(&policy, &rows, &p, false)?;
+        let (loss, _) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?;
+        loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        fwd_rss = fwd_rss.max(peak_rss_mib());
+        grads = Some(loss.backward()?);
+        fwd.push((t1 - t0).as_secs_f64());
+        bwd.push(t1.elapsed().as_secs_f64());
+    }
+    let (fwd_s, bwd_s) = (median(fwd[1..].to_vec()), median(bwd[1..].to_vec()));
+    let policy_rss = peak_rss_mib();
+    let mut grads = grads.unwrap();
+    let mut opt = AdamW::new(var_list.clone(), AdamWConfig::default())?;
+    let optim_s = timed(reps, || {
+        clip_grad_norm(&mut grads, &var_list, 1.0)?;
+        Ok(opt.step(&grads, 1e-7)?)
+    })?;
+    let optim_rss = peak_rss_mib();
+    let ema_s = timed(reps, || Ok(ema.update(&var_list, 0.999)?))?;
+
+    let (pl, c) = (a.prefix as u64 + 1, budget as u64 + 1); // prompt incl. <think>; thought incl. </think>
+    let step_flops = flops::rlp_step_flops(&shape, &flops::RlpStepShape { contexts: b as u64, rollouts: g as u64, prefix_len: pl, thought_len: c });
+    let prefill_flops = b as f64 * flops::prefill_flops(&shape, pl);
+    let train_tokens = b * g * (a.prefix + budget + 1);
+    let train_fwd_flops = step_flops.train / 3.0;
+    let n_params = var_list.iter().map(|v| v.elem_count()).sum::<usize>();
+    let phases = [
+        Phase { rss_mib: prefill_rss, name: "prefill", secs: prefill_s, tokens: b * (a.prefix + 1), flops: prefill_flops },
+        Phase { rss_mib: sample_rss, name: "decode", secs: (sample_s - prefill_s).max(1e-9), tokens: b * g * (budget + 1), flops: step_flops.sample - prefill_flops + step_flops.score },
+        Phase { rss_mib: score_rss, name: "score", secs: score_s, tokens: b * a.prefix, flops: step_flops.teacher },
+        Phase { rss_mib: fwd_rss, name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops },
+        Phase { rss_mib: policy_rss, name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops },
+        Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: step_flops.train },
+        Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
+        Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
+    ];
+    let total_s: f64 = phases.iter().filter(|ph| ph.name != "policy_fwd_bwd" && ph.name != "decode").map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
+    println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, median of 5)", a.prefix);
+    println!("{:<15} {:>9} {:>10} {:>9} {:>6} {:>10}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU", "VmHWM MiB");
+    let mut json_phases = serde_json::Map::new();
+    for ph in &phases {
+        let gf = ph.flops / ph.secs / 1e9;
+        let tps = ph.tokens as f64 / ph.secs;
+        println!("{:<15} {:>9.3} {:>10.1} {:>9.1} {:>5.0}% {:>10.0}", ph.name, ph.secs, tps, gf, 100.0 * gf / peak, ph.rss_mib);
+        json_phases.insert(ph.name.into(), json!({ "s": ph.secs, "tokens_per_s": tps, "gflops": gf, "mfu": gf / peak, "peak_rss_mib": ph.rss_mib }));
+    }
+    println!("{:<15} {:>9.3} {:>10} {:>9.1} {:>5.0}%", "step (sum)", total_s, "", step_flops.total() / total_s / 1e9, 100.0 * step_flops.total() / total_s / 1e9 / peak);
+    println!(
+        "{}",
+        json!({ "bench": "step", "contexts": b, "g": g, "prefix": a.prefix, "budget": budget, "params": n_params,
+                "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_flops.total() / total_s / 1e9,
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib() })
+    );
+    Ok(())
+}

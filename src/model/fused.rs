@@ -1,0 +1,393 @@
+//! Fused CPU kernels with their own backward, each a candle `CustomOp` that replaces a chain of
+//! elementwise ops (and the full-size temporaries those ops and their gradients allocate).
+//!
+//! - `masked_target_logprobs`: log p(target) under softmax(z / T) restricted to the allowed
+//!   tokens of each row, for the policy's thought tokens. The reference composition (temperature
+//!   divide, log_softmax, gather, exp of banned columns, log(1 − removed)) allocates a dozen
+//!   [M, V] tensors forward and backward; this op reads z once forward and writes one [M, V]
+//!   gradient backward.
+//! - `tempered_entropy`: −Σ p log p of softmax(z / T) per row, no gradient.
+//! - `rms_norm`: x / sqrt(mean(x²) + eps) · w with gradients for x and w.
+//! - `softmax_last_dim`: the attention softmax with its backward.
+//! - `rope`: rotate-half RoPE with its backward (the inverse rotation).
+//!
+//! On devices other than the CPU every function falls back to the reference composition, so
+//! callers stay device-generic. `tests/fused.rs` checks each op against its reference in value
+//! and gradient, and against finite differences.
+//!
+//! Shapes: M rows (positions), V vocabulary, D features.
+
+use anyhow::Result;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+
+/// Which tokens are excluded from each row's softmax: `banned` everywhere, plus `first_banned`
+/// in the rows flagged in `first_rows` (`</think>` at a thought's first token).
+#[derive(Clone, Debug)]
+pub struct Exclusions {
+    pub banned: Vec<u32>,
+    pub first_banned: Option<u32>,
+    pub first_rows: Vec<bool>,
+}
+
+impl Exclusions {
+    fn of_row(&self, m: usize) -> impl Iterator<Item = usize> + '_ {
+        let extra = if self.first_rows.get(m).copied().unwrap_or(false) { self.first_banned } else { None };
+        self.banned.iter().copied().chain(extra).map(|t| t as usize)
+    }
+}
+
+/// log p(targets[m]) under softmax(z[m] / temperature) over the tokens not excluded in row m.
+/// z [M, V] f32 -> [M], differentiable with respect to z.
+pub fn masked_target_logprobs(z: &Tensor, targets: &[u32], excl: &Exclusions, temperature: f32) -> Result<Tensor> {
+    let (m, v) = z.dims2()?;
+    anyhow::ensure!(targets.len() == m && excl.first_rows.len() == m, "{} targets / {} first-row flags for {m} rows", targets.len(), excl.first_rows.len());
+    let excl = Exclusions { banned: excl.banned.iter().copied().filter(|&t| (t as usize) < v).collect(), ..excl.clone() };
+    let op = MaskedTargetLogprob { targets: targets.to_vec(), excl, inv_temp: 1.0 / temperature };
+    if z.device().is_cpu() && z.dtype() == DType::F32 {
+        Ok(z.contiguous()?.apply_op1(op)?)
+    } else {
+        op.reference(z)
+    }
+}
+
+/// Entropy (nats) of softmax(z[m] / temperature) for every row: z [M, V] -> [M], no gradient.
+pub fn tempered_entropy(z: &Tensor, temperature: f32) -> Result<Tensor> {
+    let z = z.detach();
+    if z.device().is_cpu() && z.dtype() == DType::F32 {
+        return Ok(z.contiguous()?.apply_op1_no_bwd(&TemperedEntropy { inv_temp: 1.0 / temperature })?);
+    }
+    let lp = candle_nn::ops::log_softmax(&(z / temperature as f64)?, D::Minus1)?;
+    Ok((lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?)
+}
+
+struct MaskedTargetLogprob {
+    targets: Vec<u32>,
+    excl: Exclusions,
+    inv_temp: f32,
+}
+
+impl MaskedTargetLogprob {
+    /// The composition this op replaces (candle ops only, differentiable on any device).
+    fn reference(&self, z: &Tensor) -> Result<Tensor> {
+        let (m, v) = z.dims2()?;
+        let dev = z.device();
+        let mut keep = vec![1f32; m * v];
+        for r in 0..m {
+            for t in self.excl.of_row(r) {
+                keep[r * v + t] = 0.0;
+            }
+        }
+        let keep = Tensor::from_vec(keep, (m, v), dev)?;
+        let zt = (z * self.inv_temp as f64)?;
+        let masked = (zt.broadcast_mul(&keep)? + ((1.0 - &keep)? * -1e30)?)?; // excluded -> -inf-ish
+        let lp = candle_nn::ops::log_softmax(&masked, D::Minus1)?;
+        let idx = Tensor::new(self.targets.as_slice(), dev)?.unsqueeze(1)?;
+        Ok(lp.gather(&idx, 1)?.squeeze(1)?)
+    }
+}
+
+/// Row statistics of softmax(z·s) over the allowed tokens: (max, log Σ exp(z·s − max)).
+/// `excluded` is sorted and unique.
+fn allowed_max_lse(row: &[f32], s: f32, excluded: &[usize]) -> (f32, f32) {
+    let allowed = || {
+        let mut ex = excluded.iter().peekable();
+        row.iter().enumerate().filter_map(move |(j, &x)| {
+            if ex.peek() == Some(&&j) {
+                ex.next();
+                None
+            } else {
+                Some(x * s)
+            }
+        })
+    };
+    let mx = allowed().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = allowed().map(|y| (y - mx).exp()).sum();
+    (mx, sum.ln())
+}
+
+fn cpu_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<(&'a [f32], usize, usize)> {
+    let (m, v) = layout.shape().dims2()?;
+    let data = match storage {
+        CpuStorage::F32(d) => d,
+        _ => candle_core::bail!("fused op: expected f32"),
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok((&data[a..b], m, v)),
+        None => candle_core::bail!("fused op: expected a contiguous input"),
+    }
+}
+
+fn sorted_unique(xs: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut v: Vec<usize> = xs.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+impl CustomOp1 for MaskedTargetLogprob {
+    fn name(&self) -> &'static str {
+        "masked-target-logprob"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, m, v) = cpu_rows(storage, layout)?;
+        let s = self.inv_temp;
+        let out: Vec<f32> = (0..m)
+            .map(|r| {
+                let row = &z[r * v..(r + 1) * v];
+                let excluded = sorted_unique(self.excl.of_row(r));
+                let (mx, lse) = allowed_max_lse(row, s, &excluded);
+                row[self.targets[r] as usize] * s - mx - lse
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+
+    /// dz[m, j] = g[m] · s · (δ(j = target) − p'[m, j]), p' the restricted softmax (0 where excluded).
+    fn bwd(&self, z: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad_op = MaskedTargetLogprobGrad { targets: self.targets.clone(), excl: self.excl.clone(), inv_temp: self.inv_temp };
+        Ok(Some(z.apply_op2_no_bwd(&grad_res.contiguous()?, &grad_op)?))
+    }
+}
+
+struct MaskedTargetLogprobGrad {
+    targets: Vec<u32>,
+    excl: Exclusions,
+    inv_temp: f32,
+}
+
+impl CustomOp2 for MaskedTargetLogprobGrad {
+    fn name(&self) -> &'static str {
+        "masked-target-logprob-grad"
+    }
+
+    fn cpu_fwd(&self, zs: &CpuStorage, zl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, m, v) = cpu_rows(zs, zl)?;
+        let g = match (gs, gl.contiguous_offsets()) {
+            (CpuStorage::F32(d), Some((a, b))) => &d[a..b],
+            _ => candle_core::bail!("fused op: expected a contiguous f32 gradient"),
+        };
+        let s = self.inv_temp;
+        let mut out = vec![0f32; m * v];
+        for r in 0..m {
+            let row = &z[r * v..(r + 1) * v];
+            let excluded = sorted_unique(self.excl.of_row(r));
+            let (mx, lse) = allowed_max_lse(row, s, &excluded);
+            let gr = g[r] * s;
+            let o = &mut out[r * v..(r + 1) * v];
+            for (oj, &x) in o.iter_mut().zip(row) {
+                *oj = -gr * (x * s - mx - lse).exp();
+            }
+            for &j in &excluded {
+                o[j] = 0.0;
+            }
+            o[self.targets[r] as usize] += gr;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, v))))
+    }
+}
+
+struct TemperedEntropy {
+    inv_temp: f32,
+}
+
+impl CustomOp1 for TemperedEntropy {
+    fn name(&self) -> &'static str {
+        "tempered-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, m, v) = cpu_rows(storage, layout)?;
+        let s = self.inv_temp;
+        let out = (0..m)
+            .map(|r| {
+                let row = &z[r * v..(r + 1) * v];
+                let (mx, lse) = allowed_max_lse(row, s, &[]);
+                // H = lse' − Σ p·(z·s − mx), lse' = log Σ exp(z·s − mx)
+                let mean: f32 = row.iter().map(|&x| (x * s - mx - lse).exp() * (x * s - mx)).sum();
+                lse - mean
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+}
+
+/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w. x [.., D], w [D]. Differentiable
+/// in x and w; one pass forward, one backward (CPU f32), the reference composition elsewhere.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })?)
+    } else {
+        rms_norm_reference(x, w, eps)
+    }
+}
+
+/// The composition `rms_norm` replaces.
+pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(y.broadcast_mul(w)?)
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("fused op: expected contiguous f32"),
+    }
+}
+
+/// 1 / sqrt(mean(x²) + eps) of one row.
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rlp-rms-norm"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let r = inv_rms(row, self.eps);
+            for ((oi, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
+                *oi = xi * r * wi;
+            }
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    /// With r = 1/rms(x), y = x·r·w:  dw = Σ_rows g·x·r,  dx = r·(g·w) − x·r³·mean(g·w·x).
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let x2 = x.reshape(((), d))?; // [N, D]
+        let g2 = g.contiguous()?.reshape(((), d))?;
+        let r = (x2.sqr()?.mean_keepdim(1)? + self.eps as f64)?.sqrt()?.recip()?; // [N, 1]
+        let xr = x2.broadcast_mul(&r)?; // [N, D]
+        let dw = (&g2 * &xr)?.sum(0)?; // [D]
+        let gw = g2.broadcast_mul(w)?; // [N, D]
+        let proj = (&gw * &xr)?.mean_keepdim(1)?; // [N, 1] = r·mean(g·w·x)
+        let dx = (gw - xr.broadcast_mul(&proj)?)?.broadcast_mul(&r)?; // r·(gw − x·r·proj)
+        Ok((Some(dx.reshape(x.shape())?), Some(dw)))
+    }
+}
+
+/// Softmax over the last dim, differentiable: one pass forward, one backward
+/// (dx = y·(g − Σ g·y)) on CPU f32; candle's composition elsewhere.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(SoftmaxLastDim)?)
+    } else {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "rlp-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let d = l.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (oi, &xi) in o.iter_mut().zip(row) {
+                *oi = (xi - mx).exp();
+                sum += *oi;
+            }
+            o.iter_mut().for_each(|oi| *oi /= sum);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "rlp-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_slice(ys, yl)?, f32_slice(gs, gl)?);
+        let d = yl.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; y.len()];
+        for ((o, yr), gr) in out.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
+                *oi = yi * (gi - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+/// Rotary embedding in the "rotate half" layout, differentiable in x: x [B, H, T, hd] with
+/// tables cos, sin [B, 1, T, hd] (halves duplicated, as `Rope::cos_sin` returns). The backward
+/// is the inverse rotation (sin negated). CPU f32; `Rope::apply`'s composition elsewhere.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return super::rope::Rope::apply(x, &(cos.clone(), sin.clone()));
+    }
+    let (b, _, t, hd) = x.dims4()?;
+    let table = |c: &Tensor| -> Result<Vec<f32>> { Ok(c.narrow(D::Minus1, 0, hd / 2)?.flatten_all()?.to_vec1::<f32>()?) }; // [B*T*hd/2]
+    let op = RopeOp { cos: table(cos)?, sin: table(sin)?, b, t, sign: 1.0 };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+struct RopeOp {
+    cos: Vec<f32>, // [B, T, hd/2]
+    sin: Vec<f32>,
+    b: usize,
+    t: usize,
+    /// +1 forward rotation, −1 its inverse (the backward).
+    sign: f32,
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rlp-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (b, h, t, hd) = l.shape().dims4()?;
+        if b != self.b || t != self.t {
+            candle_core::bail!("rope: input [{b}, {h}, {t}, {hd}] does not match tables for B={} T={}", self.b, self.t);
+        }
+        let half = hd / 2;
+        let mut out = vec![0f32; x.len()];
+        for (i, (o, row)) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+            let (bi, ti) = (i / (h * t), i % t);
+            let base = (bi * t + ti) * half;
+            for j in 0..half {
+                let (c, s) = (self.cos[base + j], self.sign * self.sin[base + j]);
+                let (x1, x2) = (row[j], row[j + half]);
+                o[j] = x1 * c - x2 * s;
+                o[j + half] = x2 * c + x1 * s;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = RopeOp { cos: self.cos.clone(), sin: self.sin.clone(), b: self.b, t: self.t, sign: -self.sign };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
