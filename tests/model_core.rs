@@ -75,7 +75,7 @@ fn gradient_matches_finite_differences() {
         // the largest-gradient coordinate gives a well-conditioned check
         let i = (0..g.len()).max_by(|&a, &b| g[a].abs().partial_cmp(&g[b].abs()).unwrap()).unwrap();
         let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let mut eval = |delta: f32| -> f64 {
+        let eval = |delta: f32| -> f64 {
             let mut w = orig.clone();
             w[i] += delta;
             var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap()).unwrap();
@@ -190,4 +190,30 @@ fn token_ids_outside_the_vocabulary_are_an_error() {
     let m = load("tiny-llama");
     let e = format!("{:#}", m.forward_logits(&[vec![1, 512]]).unwrap_err());
     assert!(e.contains("512") && e.contains("vocabulary"), "{e}");
+}
+
+#[test]
+fn sharded_safetensors_load_like_a_single_file() {
+    let m = load("tiny-qwen2");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_dir("tiny-qwen2").join("config.json"), tmp.path().join("config.json")).unwrap();
+    // two shards and the index transformers writes
+    let tensors = m.named_tensors();
+    let (a, b) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (name, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        safetensors::serialize_to_file(part.iter().map(|(n, t)| (n.as_str(), t)), None, &tmp.path().join(name)).unwrap();
+        for (n, _) in part {
+            weight_map.insert(n.clone(), name.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let back = model::weights::load(tmp.path()).unwrap().model;
+    let ids = vec![vec![4u32, 8, 15, 16, 23, 42]];
+    assert_eq!(max_abs_diff(&m.forward_logits(&ids).unwrap(), &back.forward_logits(&ids).unwrap()), 0.0);
+    // a shard named in the index but missing is an error naming it
+    std::fs::remove_file(tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = err_of(tmp.path());
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
 }

@@ -68,7 +68,7 @@ impl Plan {
         if quick {
             Plan { sizes: (2000, 400, 40), vocab: 256, layers: 2, hidden: 128, ffn: 384, pretrain_steps: 250, pretrain_lr: 3e-3, contexts: 4, g: 8, budget: 48, rl_steps: 8, rl_lr: 3e-4, eval_contexts: 16, eval_k: 2, answer_items: 24 }
         } else {
-            Plan { sizes: (6000, 2000, 150), vocab: 384, layers: 3, hidden: 192, ffn: 512, pretrain_steps: 600, pretrain_lr: 2e-3, contexts: 8, g: 8, budget: 64, rl_steps: 30, rl_lr: 3e-4, eval_contexts: 48, eval_k: 4, answer_items: 100 }
+            Plan { sizes: (6000, 2000, 150), vocab: 384, layers: 3, hidden: 192, ffn: 512, pretrain_steps: 500, pretrain_lr: 2e-3, contexts: 8, g: 8, budget: 64, rl_steps: 24, rl_lr: 3e-4, eval_contexts: 48, eval_k: 4, answer_items: 100 }
         }
     }
 }
