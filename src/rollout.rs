@@ -31,6 +31,16 @@ pub struct RolloutParams {
 }
 
 impl RolloutParams {
+    /// Thought rollouts for `tok`'s think markers on a model with `model_vocab` embedding rows:
+    /// EOS, `<think>`, and embedding rows the tokenizer has no token for (Qwen pads its
+    /// embedding past the vocabulary) are banned inside a thought. No separator, no RPT guess.
+    pub fn for_tokenizer(tok: &crate::tokenizer::Tok, model_vocab: usize, g: usize, budget: usize, sampling: SamplingParams) -> RolloutParams {
+        let mut banned = tok.eos_ids.clone();
+        banned.push(tok.think_id);
+        banned.extend(tok.vocab_size() as u32..model_vocab as u32);
+        RolloutParams { g, budget, sampling, think_id: tok.think_id, end_think_id: tok.end_think_id, banned, separator: vec![], guess_tokens: 0 }
+    }
+
     /// Tokens banned at thought position `u` (`</think>` too at u = 0).
     pub fn banned_at(&self, u: usize) -> Vec<u32> {
         let mut b = self.banned.clone();

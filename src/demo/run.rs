@@ -81,8 +81,9 @@ pub fn demo(a: &DemoArgs) -> Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", "1");
     let t0 = Instant::now();
     let plan = Plan::new(a.quick);
-    let out = &a.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    // absolute: the configs written below resolve relative paths against their own directory
+    let out = &a.out.canonicalize().with_context(|| format!("cannot resolve {}", a.out.display()))?;
 
     stage(&t0, "writing the synthetic corpora and training the tokenizer");
     let data_dir = out.join("data");
@@ -234,19 +235,8 @@ fn evaluate(name: &str, path: &Path, plan: &Plan, seed: u64, heldout: &Path, eva
     result("nll", docs.total_tokens(), nll_eval(&m, &tok, &doc_refs, 128)?).write(&dir.join("nll.json"))?;
 
     let contexts = heldout_contexts(&docs, plan.eval_contexts, seed, 8, 128)?;
-    let mut banned = tok.eos_ids.clone();
-    banned.push(tok.think_id);
-    banned.extend(tok.vocab_size() as u32..m.cfg.vocab_size as u32);
-    let p = RolloutParams {
-        g: plan.eval_k,
-        budget: plan.budget,
-        sampling: SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0 },
-        think_id: tok.think_id,
-        end_think_id: tok.end_think_id,
-        banned,
-        separator: vec![],
-        guess_tokens: 0,
-    };
+    let sampling = SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0 };
+    let p = RolloutParams::for_tokenizer(&tok, m.cfg.vocab_size, plan.eval_k, plan.budget, sampling);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     result("think", contexts.len(), think_eval(&m, &contexts, &p, &mut rng)?).write(&dir.join("think.json"))?;
 

@@ -175,19 +175,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
             let (m, tok) = load_model(&a.model, a.add_think_tokens, true)?;
             let docs = heldout_docs(a, &tok, a.min_prefix + 1)?;
             let contexts = heldout_contexts(&docs, a.limit.unwrap_or(64), a.seed, a.min_prefix, a.max_context)?;
-            let mut banned = tok.eos_ids.clone();
-            banned.push(tok.think_id);
-            banned.extend(tok.vocab_size() as u32..m.cfg.vocab_size as u32);
-            let p = RolloutParams {
-                g: a.samples,
-                budget: a.think_budget,
-                sampling,
-                think_id: tok.think_id,
-                end_think_id: tok.end_think_id,
-                banned,
-                separator: vec![],
-                guess_tokens: 0,
-            };
+            let p = RolloutParams::for_tokenizer(&tok, m.cfg.vocab_size, a.samples, a.think_budget, sampling);
             settings["data"] = json!(a.data);
             settings["heldout_docs"] = json!(a.heldout_docs);
             settings["min_prefix"] = json!(a.min_prefix);

@@ -161,20 +161,11 @@ impl Trainer {
         };
         schedule.validate()?;
         let r = &cfg.rollout;
-        // EOS, `<think>`, and embedding rows the tokenizer has no token for (Qwen pads its
-        // embedding past the vocabulary): none may appear inside a thought.
-        let mut banned = tok.eos_ids.clone();
-        banned.push(tok.think_id);
-        banned.extend(tok.vocab_size() as u32..policy.cfg.vocab_size as u32);
+        let sampling = SamplingParams { temperature: r.temperature as f32, top_p: r.top_p as f32, top_k: r.top_k };
         let rollout = RolloutParams {
-            g: r.g,
-            budget: r.thought_budget,
-            sampling: SamplingParams { temperature: r.temperature as f32, top_p: r.top_p as f32, top_k: r.top_k },
-            think_id: tok.think_id,
-            end_think_id: tok.end_think_id,
-            banned,
             separator: if r.separator.is_empty() { vec![] } else { tok.encode(&r.separator)? },
             guess_tokens: if cfg.objective.name == ObjectiveName::Rpt { cfg.objective.rpt_guess_tokens } else { 0 },
+            ..RolloutParams::for_tokenizer(&tok, policy.cfg.vocab_size, r.g, r.thought_budget, sampling)
         };
         let mut t = Trainer {
             cfg,
