@@ -7,6 +7,7 @@
 //! tokens on its own cache, and the logits after the last of them give
 //! S_pred = log p_θ(x_t | x_<t, <think>, c, </think>, sep). Finished rows leave the batch.
 
+use crate::model::kv_cache::pick_rows;
 use crate::model::{KvCache, Model};
 use crate::sampling::{sample, tempered_logprobs, SamplingParams};
 use anyhow::{bail, Result};
@@ -190,13 +191,8 @@ pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng
         if keep.len() < rows.len() {
             let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
             cache = cache.select_rows(&idx)?;
-            let mut kept_rows = Vec::with_capacity(keep.len());
-            let mut all: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-            for &r in &keep {
-                kept_rows.push(all[r].take().unwrap());
-            }
-            rows = kept_rows;
-            slot = keep.iter().map(|&r| slot[r]).collect();
+            rows = pick_rows(rows, &keep);
+            slot = pick_rows(slot, &keep);
         }
         let next: Tensor = model.decode_step(&feed, &mut cache)?;
         logits = next.to_vec2::<f32>()?;

@@ -7,6 +7,7 @@
 //! banned, and stops at EOS, or at a newline once the answer holds visible text. Finished rows
 //! leave the batch (their KV-cache rows are dropped).
 
+use crate::model::kv_cache::pick_rows;
 use crate::model::{KvCache, Model};
 use crate::sampling::{argmax, sample, tempered_logprobs, SamplingParams};
 use crate::tokenizer::Tok;
@@ -156,11 +157,7 @@ pub fn think_then_answer(
         if keep.len() < rows.len() {
             let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
             cache = cache.select_rows(&idx)?;
-            let mut all: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-            rows = keep
-                .iter()
-                .map(|&r| all[r].take().expect("each row kept once"))
-                .collect();
+            rows = pick_rows(rows, &keep);
         }
         logits = model.decode_step(&feed, &mut cache)?.to_vec2::<f32>()?;
     }

@@ -95,3 +95,10 @@ impl KvCache {
         super::transformer::AttnLayout { positions, mask }
     }
 }
+
+/// The items at the indices `keep` (each used at most once), in that order: the host-side twin
+/// of `KvCache::select_rows` when finished rows leave a decode batch.
+pub fn pick_rows<T>(items: Vec<T>, keep: &[usize]) -> Vec<T> {
+    let mut all: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    keep.iter().map(|&r| all[r].take().expect("each row kept at most once")).collect()
+}
