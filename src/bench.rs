@@ -171,17 +171,21 @@ fn bench_pass(a: &BenchArgs, m: &Model) -> Result<()> {
     Ok(())
 }
 
-/// f32 matmul GFLOP/s of a square 1024³ candle matmul on `dev`: the peak MFU is measured against.
+/// f32 matmul GFLOP/s of a square 1024³ candle matmul on `dev`, the fastest of ten runs: the
+/// peak MFU is measured against (the best the machine did, so MFU is not flattered by a slow run).
 pub fn matmul_peak_gflops(dev: &Device) -> Result<f64> {
     let n = 1024;
     let x = Tensor::randn(0f32, 1.0, (n, n), dev)?;
     let y = Tensor::randn(0f32, 1.0, (n, n), dev)?;
-    let secs = timed(5, || {
-        let z = x.matmul(&y)?;
-        z.device().synchronize()?;
-        Ok(())
-    })?;
-    Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
+    let mut best = f64::INFINITY;
+    for i in 0..12 {
+        let t0 = Instant::now();
+        x.matmul(&y)?.device().synchronize()?;
+        if i >= 2 {
+            best = best.min(t0.elapsed().as_secs_f64()); // two warm-up runs, then the fastest of ten
+        }
+    }
+    Ok(2.0 * (n * n * n) as f64 / best / 1e9)
 }
 
 /// Peak resident memory of this process (VmHWM), MiB; 0 where /proc is unavailable.
@@ -256,7 +260,12 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
     let mut grads = None;
     let mut fwd_rss = 0f64;
-    for _ in 0..reps.max(1) + 1 {
+    // The first two iterations of a process are slow for a reason unrelated to the model: every
+    // activation is fresh memory, and first-touch page faults plus page clearing took 40–60 % of
+    // them on our VM; from the third on the allocator reuses its heap (BENCHMARKS.md). The
+    // first is reported as `policy_cold`, the median of the rest as the policy phases.
+    const WARMUP: usize = 2;
+    for _ in 0..reps.max(1) + WARMUP {
         let t0 = Instant::now();
         let lp = thought_logprobs(&policy, &rows, &p, false)?;
         let (loss, _) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?;
@@ -267,7 +276,8 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         fwd.push((t1 - t0).as_secs_f64());
         bwd.push(t1.elapsed().as_secs_f64());
     }
-    let (fwd_s, bwd_s) = (median(fwd[1..].to_vec()), median(bwd[1..].to_vec()));
+    let (fwd_s, bwd_s) = (median(fwd[WARMUP..].to_vec()), median(bwd[WARMUP..].to_vec()));
+    let cold_s = fwd[0] + bwd[0];
     let policy_rss = peak_rss_mib();
     let mut grads = grads.unwrap();
     let mut opt = AdamW::new(var_list.clone(), AdamWConfig::default())?;
@@ -291,11 +301,12 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         Phase { rss_mib: fwd_rss, name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops },
         Phase { rss_mib: policy_rss, name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops },
         Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: step_flops.train },
+        Phase { rss_mib: policy_rss, name: "policy_cold", secs: cold_s, tokens: train_tokens, flops: step_flops.train },
         Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
         Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
     ];
-    let total_s: f64 = phases.iter().filter(|ph| ph.name != "policy_fwd_bwd" && ph.name != "decode").map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
-    println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, median of 5)", a.prefix);
+    let total_s: f64 = phases.iter().filter(|ph| !matches!(ph.name, "policy_fwd_bwd" | "policy_cold" | "decode")).map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
+    println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, fastest of 10)", a.prefix);
     println!("{:<15} {:>9} {:>10} {:>9} {:>6} {:>10}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU", "VmHWM MiB");
     let mut json_phases = serde_json::Map::new();
     for ph in &phases {
