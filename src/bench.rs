@@ -13,7 +13,7 @@ use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
 use crate::sampling::SamplingParams;
 use crate::train::ema::EmaTeacher;
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::train::policy::{thought_logprobs, ThoughtRow};
+use crate::train::policy::{logprobs_from_hidden, thought_inputs, ThoughtRow};
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use clap::{Args, ValueEnum};
@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// CPU threads (sets RAYON_NUM_THREADS; 0 = candle's default, all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// step: gradient checkpointing per block in the policy backward (`train.grad_checkpoint`).
+    #[arg(long)]
+    pub grad_checkpoint: bool,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -166,7 +169,7 @@ fn bench_pass(a: &BenchArgs, m: &Model) -> Result<()> {
         "{}",
         json!({ "bench": what, "batch": a.batch, "seq": a.seq, "steps": a.steps, "tokens": tokens, "median_s": secs,
                 "tokens_per_s": tokens as f64 / secs, "gflops": flops / secs / 1e9,
-                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib() })
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint })
     );
     Ok(())
 }
@@ -267,12 +270,24 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     const WARMUP: usize = 2;
     for _ in 0..reps.max(1) + WARMUP {
         let t0 = Instant::now();
-        let lp = thought_logprobs(&policy, &rows, &p, false)?;
-        let (loss, _) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?;
-        loss.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        fwd_rss = fwd_rss.max(peak_rss_mib());
-        grads = Some(loss.backward()?);
+        let inp = thought_inputs(&policy, &rows, &p, false)?;
+        let loss_of = |hidden: &Tensor| -> Result<Tensor> {
+            let lp = logprobs_from_hidden(&policy, &inp, hidden, &p)?;
+            Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0)
+        };
+        let t1;
+        if a.grad_checkpoint {
+            // forward and backward are interleaved: all of it is counted as backward
+            t1 = Instant::now();
+            grads = Some(policy.checkpointed_backward(&inp.ids, &inp.layout, loss_of)?.1);
+            fwd_rss = fwd_rss.max(peak_rss_mib());
+        } else {
+            let loss = loss_of(&policy.forward_hidden(&inp.ids, &inp.layout, None)?)?;
+            loss.to_scalar::<f32>()?;
+            t1 = Instant::now();
+            fwd_rss = fwd_rss.max(peak_rss_mib());
+            grads = Some(loss.backward()?);
+        }
         fwd.push((t1 - t0).as_secs_f64());
         bwd.push(t1.elapsed().as_secs_f64());
     }
@@ -306,6 +321,9 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
     ];
     let total_s: f64 = phases.iter().filter(|ph| !matches!(ph.name, "policy_fwd_bwd" | "policy_cold" | "decode")).map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
+    // With checkpointing the forward and backward interleave: only their sum is reported, and
+    // its MFU counts the model's FLOPs (3 × forward), not the recomputed forward.
+    let phases: Vec<&Phase> = phases.iter().filter(|ph| !(a.grad_checkpoint && matches!(ph.name, "policy_fwd" | "policy_bwd"))).collect();
     println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, fastest of 10)", a.prefix);
     println!("{:<15} {:>9} {:>10} {:>9} {:>6} {:>10}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU", "VmHWM MiB");
     let mut json_phases = serde_json::Map::new();
@@ -320,7 +338,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         "{}",
         json!({ "bench": "step", "contexts": b, "g": g, "prefix": a.prefix, "budget": budget, "params": n_params,
                 "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_flops.total() / total_s / 1e9,
-                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib() })
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint })
     );
     Ok(())
 }

@@ -177,6 +177,12 @@ pub struct TrainSection {
     /// CPU threads; 0 = all cores. Default 0.
     #[serde(default)]
     pub threads: usize,
+    /// Gradient checkpointing per transformer block for the policy (rlp, rpt) and ntp backward:
+    /// only each block's input is kept during the forward, and the block is recomputed in the
+    /// backward (`Model::checkpointed_backward`). Much less memory for long thoughts, for one
+    /// extra forward. Default false.
+    #[serde(default)]
+    pub grad_checkpoint: bool,
     /// Consecutive steps with a non-finite loss or gradient that are skipped before the run stops
     /// with an error; 0 stops at the first. Default 3.
     #[serde(default = "default_max_consecutive_nonfinite")]

@@ -45,6 +45,23 @@ fn ntp_lowers_heldout_loss_and_counts_its_compute() {
 }
 
 #[test]
+fn ntp_with_gradient_checkpointing_takes_the_same_step() {
+    let corpus = format!("data.path={:?}", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-think/train.jsonl"));
+    let first_step = |checkpointed: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = format!("train.grad_checkpoint={checkpointed}");
+        let cfg = config("tiny.toml", &["objective.name=\"ntp\"", &corpus, "train.steps=1", "data.max_context=64", &ckpt]);
+        Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
+        metrics(dir.path()).remove(0)
+    };
+    let (plain, ckpt) = (first_step(false), first_step(true));
+    for key in ["loss", "grad_norm"] {
+        let (a, b) = (plain[key].as_f64().unwrap(), ckpt[key].as_f64().unwrap());
+        assert!(a > 0.0 && (a - b).abs() <= 1e-5 * a, "{key}: {a} plain vs {b} checkpointed");
+    }
+}
+
+#[test]
 fn packed_windows_do_not_attend_across_documents() {
     let m = model::weights::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-think")).unwrap().model;
     let (a, b) = (vec![5u32, 9, 12, 40, 7], vec![33u32, 8, 21, 6]);

@@ -1,9 +1,10 @@
 //! The model against Hugging Face transformers: golden outputs computed by
 //! `scripts/make_fixtures.py` (torch, float32) for tiny random Llama, Qwen2 and Qwen3 checkpoints.
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
-use rlp::model::{self, target_logprobs, Model};
+use rlp::model::{self, target_logprobs, AttnLayout, Model};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -71,19 +72,35 @@ fn check_greedy(name: &str) {
     }
 }
 
-fn check_grads(name: &str) {
+/// Mean next-token loss of one row and its gradients, by plain backward or by
+/// `Model::checkpointed_backward` (gradient checkpointing per block).
+fn loss_and_grads(m: &Model, ids: &[u32], checkpointed: bool) -> (Tensor, GradStore) {
+    let n = ids.len() - 1;
+    let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
+    let loss_of = |hidden: &Tensor| -> anyhow::Result<Tensor> {
+        let logits = m.logits(&hidden.squeeze(0)?)?; // [T, V]
+        Ok(target_logprobs(&logits.narrow(0, 0, n)?, &targets)?.mean_all()?.neg()?)
+    };
+    let row = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let layout = AttnLayout::right_padded(&[ids.len()], ids.len());
+    if checkpointed {
+        m.checkpointed_backward(&row, &layout, loss_of).unwrap()
+    } else {
+        let loss = loss_of(&m.forward_hidden(&row, &layout, None).unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        (loss, grads)
+    }
+}
+
+fn check_grads(name: &str, checkpointed: bool) {
     let (m, g) = fixture(name);
     let (m, vars) = m.into_vars().unwrap();
     let k = g["grad"]["input_index"].as_u64().unwrap() as usize;
     let ids = ids(&g["inputs"][k]);
-    let logits = m.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap();
-    let n = ids.len() - 1;
-    let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
-    let loss = target_logprobs(&logits.narrow(0, 0, n).unwrap(), &targets).unwrap().mean_all().unwrap().neg().unwrap();
+    let (loss, grads) = loss_and_grads(&m, &ids, checkpointed);
     let want_loss = g["grad"]["loss"].as_f64().unwrap();
     let got_loss = loss.to_scalar::<f32>().unwrap() as f64;
     assert!((got_loss - want_loss).abs() / want_loss.abs() < 1e-4, "{name}: loss {got_loss} vs {want_loss}");
-    let grads = loss.backward().unwrap();
     let params = g["grad"]["params"].as_object().unwrap();
     assert_eq!(params.len(), vars.len(), "{name}: parameter count");
     for (pname, var) in &vars {
@@ -128,12 +145,42 @@ fn check_padded_batch(name: &str) {
     assert!(err < 1e-4, "{name}: left-padded prefill rel err {err}");
 }
 
+/// Gradient checkpointing on a right-padded ragged batch (every input of the fixture, a loss
+/// with a different weight per position) gives the plain backward's loss and gradients.
+fn check_checkpointed_batch(name: &str) {
+    let (m, g) = fixture(name);
+    let (m, vars) = m.into_vars().unwrap();
+    let rows: Vec<Vec<u32>> = g["inputs"].as_array().unwrap().iter().map(ids).collect();
+    assert!(rows.len() >= 2 && rows.iter().any(|r| r.len() != rows[0].len()), "{name}: the fixture's inputs should be ragged");
+    let (row_ids, lens, t) = model::transformer::pad_right(&rows, &Device::Cpu).unwrap();
+    let layout = AttnLayout::right_padded(&lens, t);
+    let v = m.cfg.vocab_size;
+    // weights w[b, t, v] = ((b + 2t + 3v) mod 7 - 3) / 10 on real positions, 0 on padding
+    let w: Vec<f32> = (0..rows.len() * t * v).map(|i| (i / (t * v), (i / v) % t, i % v)).map(|(b, p, c)| if p < lens[b] { ((b + 2 * p + 3 * c) % 7) as f32 / 10.0 - 0.3 } else { 0.0 }).collect();
+    let w = Tensor::from_vec(w, (rows.len(), t, v), &Device::Cpu).unwrap();
+    let loss_of = |hidden: &Tensor| -> anyhow::Result<Tensor> { Ok((candle_nn::ops::log_softmax(&m.logits(hidden)?, candle_core::D::Minus1)? * &w)?.sum_all()?) };
+    let plain = loss_of(&m.forward_hidden(&row_ids, &layout, None).unwrap()).unwrap();
+    let plain_grads = plain.backward().unwrap();
+    let (ckpt, ckpt_grads) = m.checkpointed_backward(&row_ids, &layout, loss_of).unwrap();
+    let (a, b) = (plain.to_scalar::<f32>().unwrap(), ckpt.to_scalar::<f32>().unwrap());
+    assert!((a - b).abs() <= 1e-6 * a.abs(), "{name}: loss {a} vs checkpointed {b}");
+    for (pname, var) in &vars {
+        let x = plain_grads.get(var.as_tensor()).unwrap();
+        let y = ckpt_grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no checkpointed gradient for {pname}"));
+        let l2 = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let rel = l2(&(x - y).unwrap()) / l2(x).max(1e-30);
+        assert!(rel < 1e-5, "{name}: {pname} checkpointed gradient differs by {rel:e} relative");
+    }
+}
+
 macro_rules! golden_tests {
     ($($m:ident => $name:expr),*) => {$(
         mod $m {
             #[test] fn logits_and_logprobs_match_transformers() { super::check_logits($name) }
             #[test] fn greedy_continuations_match_transformers() { super::check_greedy($name) }
-            #[test] fn loss_and_gradients_match_transformers() { super::check_grads($name) }
+            #[test] fn loss_and_gradients_match_transformers() { super::check_grads($name, false) }
+            #[test] fn checkpointed_gradients_match_transformers() { super::check_grads($name, true) }
+            #[test] fn checkpointed_gradients_equal_plain_backward_on_a_padded_batch() { super::check_checkpointed_batch($name) }
             #[test] fn padded_batches_match_unpadded() { super::check_padded_batch($name) }
         }
     )*};

@@ -95,6 +95,34 @@ fn gradient_does_not_depend_on_micro_batching() {
 }
 
 #[test]
+fn gradient_checkpointing_gives_the_same_policy_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(tiny_config(&["data.contexts_per_step=2"]), dir.path(), false).unwrap();
+    let batch = t.rollout_batch().unwrap();
+    let idx: Vec<usize> = (0..8).collect();
+    let mut runs = Vec::new();
+    for (checkpointed, micro) in [(false, 8), (true, 8), (true, 3)] {
+        t.cfg.train.grad_checkpoint = checkpointed;
+        let pg = t.policy_gradient(&batch, &idx, 8, micro).unwrap();
+        let g: Vec<Vec<f32>> = t.vars.iter().map(|(_, v)| pg.grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        runs.push((pg.loss, pg.entropy, g));
+    }
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let (loss, entropy, plain) = &runs[0];
+    assert!(plain.iter().any(|g| norm(g) > 0.0), "the plain gradient is zero: nothing is compared");
+    for (l, e, other) in &runs[1..] {
+        // ρ = 1 on the first epoch and advantages sum to 0 per group: the loss itself is ~0
+        assert!((l - loss).abs() <= 1e-6, "loss {l} vs {loss}");
+        assert!((e - entropy).abs() <= 1e-6 * entropy.abs(), "entropy {e} vs {entropy}");
+        for ((name, _), (a, b)) in t.vars.iter().zip(plain.iter().zip(other)) {
+            let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+            let rel = norm(&diff) / norm(a).max(1e-30);
+            assert!(rel < 1e-5, "{name}: checkpointed gradient differs by {rel:e} relative");
+        }
+    }
+}
+
+#[test]
 fn resume_is_exact() {
     let straight = tempfile::tempdir().unwrap();
     Trainer::new(tiny_config(&["checkpoint.every=3"]), straight.path(), false).unwrap().run().unwrap();

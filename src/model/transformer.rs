@@ -8,6 +8,7 @@ use super::config::Config;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
 
@@ -114,7 +115,29 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(y.broadcast_mul(w)?)
 }
 
+/// Move the gradients of `params` from `from` into `into`, adding where `into` already holds one
+/// (a weight used in several places, such as a tied embedding).
+fn merge_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
+    for p in params {
+        if let Some(g) = from.remove(p) {
+            let sum = match into.remove(p) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            into.insert(p, sum);
+        }
+    }
+    Ok(())
+}
+
 impl Layer {
+    /// Every weight of the block.
+    fn weights(&self) -> Vec<&Tensor> {
+        let mut w = vec![&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj, &self.input_norm, &self.post_attn_norm];
+        w.extend([&self.q_bias, &self.k_bias, &self.v_bias, &self.o_bias, &self.q_norm, &self.k_norm].into_iter().flatten());
+        w
+    }
+
     /// One pre-norm block. x [B, T, D] -> [B, T, D].
     fn forward(&self, cfg: &Config, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -296,8 +319,23 @@ impl Model {
     /// Final hidden states. ids [B, T] (u32), layout for B*T queries; with a cache the keys are
     /// the cached ones plus these T. Returns [B, T, D].
     pub fn forward_hidden(&self, ids: &Tensor, layout: &AttnLayout, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let t = ids.dim(1)?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let (cos_sin, mask) = self.attention_inputs(ids, layout, past)?;
+        let mut x = self.embed_ids(ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&self.cfg, &x, &cos_sin, &mask, cache.as_deref_mut().map(|c| (c, i)))?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Checks ids [B, T] and the layout against K = past + T keys; returns RoPE (cos, sin) and the
+    /// additive mask [B, 1, T, K].
+    fn attention_inputs(&self, ids: &Tensor, layout: &AttnLayout, past: usize) -> Result<((Tensor, Tensor), Tensor)> {
+        let (b, t) = ids.dims2()?;
         let k = past + t;
         if layout.positions.len() != b * t || layout.mask.len() != b * t * k {
             bail!("attention layout has {} positions / {} mask entries, expected {} / {}", layout.positions.len(), layout.mask.len(), b * t, b * t * k);
@@ -310,14 +348,46 @@ impl Model {
         let dev = ids.device();
         let cos_sin = self.rope.cos_sin(&layout.positions, b, t, dev)?;
         let mask = Tensor::from_slice(&layout.mask, (b, 1, t, k), dev)?;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&self.cfg, &x, &cos_sin, &mask, cache.as_deref_mut().map(|c| (c, i)))?;
+        Ok((cos_sin, mask))
+    }
+
+    /// Token embeddings: ids [B, T] -> [B, T, D].
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// `loss_of(forward_hidden(ids))` and its gradient with respect to every weight, with
+    /// gradient checkpointing per block: the forward keeps only each block's input [B, T, D];
+    /// the backward recomputes one block at a time from its input and back-propagates the
+    /// incoming gradient g through it as ∂(Σ block(x) ⊙ g)/∂(x, weights). Peak memory is one
+    /// block's activations plus the head's instead of every block's, for one extra forward.
+    /// Gradients equal `loss_of(forward_hidden(ids)).backward()` up to float rounding (tested).
+    /// The model's weights must be `Var`s (see `into_vars`).
+    pub fn checkpointed_backward(&self, ids: &Tensor, layout: &AttnLayout, loss_of: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<(Tensor, GradStore)> {
+        let (cos_sin, mask) = self.attention_inputs(ids, layout, 0)?;
+        let mut inputs = Vec::with_capacity(self.layers.len()); // block inputs, [B, T, D] each
+        let mut x = self.embed_ids(ids)?.detach();
+        for layer in &self.layers {
+            let y = layer.forward(&self.cfg, &x, &cos_sin, &mask, None)?.detach(); // drops the block's graph
+            inputs.push(std::mem::replace(&mut x, y));
         }
-        if let Some(c) = cache {
-            c.advance(t);
+        let top = Var::from_tensor(&x)?;
+        drop(x);
+        let loss = loss_of(&rms_norm(top.as_tensor(), &self.norm, self.cfg.rms_norm_eps)?)?;
+        let mut grads = loss.backward()?;
+        let mut dx = grads.remove(top.as_tensor()).context("the loss does not depend on the hidden states")?;
+        for (layer, x) in self.layers.iter().zip(inputs).rev() {
+            let xv = Var::from_tensor(&x)?;
+            drop(x);
+            let y = layer.forward(&self.cfg, xv.as_tensor(), &cos_sin, &mask, None)?;
+            let mut g = (y * &dx)?.sum_all()?.backward()?;
+            dx = g.remove(xv.as_tensor()).context("block output does not depend on its input")?;
+            merge_grads(&mut grads, &mut g, &layer.weights())?;
         }
-        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+        let mut g = (self.embed_ids(ids)? * &dx)?.sum_all()?.backward()?;
+        merge_grads(&mut grads, &mut g, &[&self.embed])?;
+        Ok((loss, grads))
     }
 
     /// Logits at every position: hidden [.., D] -> [.., V].

@@ -68,10 +68,20 @@ impl Trainer {
         let mut acc = GradAccumulator::default();
         let mut loss = 0f64;
         for chunk in windows.chunks(micro) {
-            let (lp_sum, _) = window_logprob_sum(&self.policy, chunk, no_cross)?;
-            let l = (lp_sum.neg()? / total_targets)?;
+            let (ids, targets, layout) = window_batch(chunk, no_cross, self.policy.embed.device())?;
+            let loss_of = |hidden: &Tensor| -> Result<Tensor> {
+                let logits = self.policy.logits(hidden)?; // [B, T, V]
+                Ok((target_logprobs(&logits, &targets)?.sum_all()?.neg()? / total_targets)?)
+            };
+            let (l, grads) = if self.cfg.train.grad_checkpoint {
+                self.policy.checkpointed_backward(&ids, &layout, loss_of)?
+            } else {
+                let l = loss_of(&self.policy.forward_hidden(&ids, &layout, None)?)?;
+                let grads = l.backward()?;
+                (l, grads)
+            };
             loss += l.to_scalar::<f32>()? as f64;
-            acc.add(l.backward()?, &self.vars)?;
+            acc.add(grads, &self.vars)?;
         }
         let mut grads = acc.finish()?;
         dp::all_reduce_loss_and_grads(&self.dist, &mut grads, &mut loss, &self.var_list())?; // [dist]

@@ -75,7 +75,33 @@ pub fn grad_len(t: &Thought, p: &RolloutParams, grad_on_forced_end: bool) -> usi
     trained_tokens(t, p, grad_on_forced_end).len()
 }
 
+/// The policy forward's inputs for a batch of thoughts: right-padded token rows
+/// (prefix, `<think>`, completion) and where the hidden state predicting each trained token sits.
+pub struct ThoughtInputs {
+    /// [N, T] token ids and their attention layout.
+    pub ids: Tensor,
+    pub layout: AttnLayout,
+    trained: Vec<Vec<Trained>>,
+    /// [M] flat index (row * T + position) of the hidden state predicting each trained token.
+    rows_idx: Vec<u32>,
+    /// [M] the trained tokens.
+    targets: Vec<u32>,
+    /// Per `Ban` kind, [M] 1.0 where the token was drawn from that distribution.
+    weights: [Vec<f32>; 3],
+    /// [N, U] index into the M trained tokens (M = padding).
+    slot: Vec<u32>,
+    u_max: usize,
+    forward_tokens: usize,
+}
+
+/// Log-probs of the thoughts' trained tokens under `model`, with gradient.
 pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtLogprobs> {
+    let inp = thought_inputs(model, rows, p, grad_on_forced_end)?;
+    let hidden = model.forward_hidden(&inp.ids, &inp.layout, None)?; // [N, T, D]
+    logprobs_from_hidden(model, &inp, &hidden, p)
+}
+
+pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtInputs> {
     let dev = model.embed.device().clone();
     let n = rows.len();
     let trained: Vec<Vec<Trained>> = rows.iter().map(|r| trained_tokens(r.thought, p, grad_on_forced_end)).collect();
@@ -96,7 +122,6 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
         .collect();
     let t_max = seqs.iter().map(|s| s.len()).max().unwrap();
     let (ids, seq_lens, _) = crate::model::transformer::pad_right(&seqs, &dev)?;
-    let hidden = model.forward_hidden(&ids, &AttnLayout::right_padded(&seq_lens, t_max), None)?; // [N, T, D]
     // Gather the hidden state that predicts each trained token: row r, position |prefix| + offset.
     let mut rows_idx = Vec::new();
     let mut targets = Vec::new();
@@ -118,6 +143,14 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
             slot[r * u_max + u] = m as u32;
         }
     }
+    Ok(ThoughtInputs { ids, layout: AttnLayout::right_padded(&seq_lens, t_max), trained, rows_idx, targets, weights, slot, u_max, forward_tokens: seqs.iter().map(|s| s.len()).sum() })
+}
+
+/// The trained tokens' log-probs from the final hidden states [N, T, D] of `inp.ids`.
+pub fn logprobs_from_hidden(model: &Model, inp: &ThoughtInputs, hidden: &Tensor, p: &RolloutParams) -> Result<ThoughtLogprobs> {
+    let dev = hidden.device().clone();
+    let ThoughtInputs { trained, rows_idx, targets, weights, slot, u_max, .. } = inp;
+    let (n, t_max, u_max, m) = (trained.len(), hidden.dim(1)?, *u_max, rows_idx.len());
     let d = model.cfg.hidden_size;
     let h = hidden.reshape((n * t_max, d))?.index_select(&Tensor::new(rows_idx.as_slice(), &dev)?, 0)?; // [M, D]
     let z = (model.logits(&h)? / p.sampling.temperature as f64)?; // [M, V]
@@ -152,6 +185,6 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
         logp_old: Tensor::from_vec(old, (n, u_max), &dev)?,
         entropy_sum,
         n_tokens: m,
-        forward_tokens: seqs.iter().map(|s| s.len()).sum(),
+        forward_tokens: inp.forward_tokens,
     })
 }

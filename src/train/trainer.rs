@@ -12,7 +12,7 @@ use super::checkpoint;
 use super::data_parallel as dp; // [dist]
 use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
-use super::policy::{thought_logprobs, ThoughtRow};
+use super::policy::{logprobs_from_hidden, thought_inputs, thought_logprobs, ThoughtLogprobs, ThoughtRow};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::config::{Advantage, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
@@ -410,22 +410,46 @@ impl Trainer {
         let mut stats = SurrogateStats::default();
         for chunk in idx.chunks(micro.max(1)) {
             let rows: Vec<ThoughtRow> = chunk.iter().map(|&k| ThoughtRow { prefix: &batch.contexts[k / g].prefix, thought: &batch.thoughts[k / g][k % g] }).collect();
-            let lp = thought_logprobs(&self.policy, &rows, &self.rollout, self.cfg.rollout.grad_on_forced_end)?;
             let adv: Vec<f32> = chunk.iter().map(|&k| batch.advantages[k]).collect();
             let adv = Tensor::new(adv.as_slice(), self.policy.embed.device())?;
-            let (mut loss, st) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, obj.eps_low, obj.eps_high, total_thoughts)?;
-            if let Some(teacher) = &teacher {
-                let reference = thought_logprobs(teacher, &rows, &self.rollout, self.cfg.rollout.grad_on_forced_end)?;
-                let (kl, mean_kl) = kl_penalty(&lp.logp, &reference.logp, &lp.mask, obj.kl_coef, total_thoughts)?;
-                loss = (loss + kl)?;
-                kl_sum += mean_kl as f64 * lp.n_tokens as f64;
-            }
+            let forced_end = self.cfg.rollout.grad_on_forced_end;
+            let reference = teacher.as_ref().map(|t| thought_logprobs(t, &rows, &self.rollout, forced_end)).transpose()?;
+            // Surrogate (+ KL) of this micro-batch's log-probs; also returns what is logged.
+            let loss_of = |lp: &ThoughtLogprobs| -> Result<(Tensor, SurrogateStats, f64)> {
+                let (mut loss, st) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, obj.eps_low, obj.eps_high, total_thoughts)?;
+                let mut kl_tokens = 0.0;
+                if let Some(reference) = &reference {
+                    let (kl, mean_kl) = kl_penalty(&lp.logp, &reference.logp, &lp.mask, obj.kl_coef, total_thoughts)?;
+                    loss = (loss + kl)?;
+                    kl_tokens = mean_kl as f64 * lp.n_tokens as f64;
+                }
+                Ok((loss, st, kl_tokens))
+            };
+            let inp = thought_inputs(&self.policy, &rows, &self.rollout, forced_end)?;
+            let mut logged = None;
+            let (loss, grads) = if self.cfg.train.grad_checkpoint {
+                self.policy.checkpointed_backward(&inp.ids, &inp.layout, |hidden| {
+                    let lp = logprobs_from_hidden(&self.policy, &inp, hidden, &self.rollout)?;
+                    let (loss, st, kl) = loss_of(&lp)?;
+                    logged = Some((lp, st, kl));
+                    Ok(loss)
+                })?
+            } else {
+                let hidden = self.policy.forward_hidden(&inp.ids, &inp.layout, None)?;
+                let lp = logprobs_from_hidden(&self.policy, &inp, &hidden, &self.rollout)?;
+                let (loss, st, kl) = loss_of(&lp)?;
+                logged = Some((lp, st, kl));
+                let grads = loss.backward()?;
+                (loss, grads)
+            };
+            let (lp, st, kl_tokens) = logged.context("the policy loss was not computed")?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
+            kl_sum += kl_tokens;
             stats.merge(&st);
             entropy_sum += lp.entropy_sum;
             tokens += lp.n_tokens;
             fwd_tokens += lp.forward_tokens;
-            acc.add(loss.backward()?, &self.vars)?;
+            acc.add(grads, &self.vars)?;
         }
         let per_token = |x: f64| if tokens > 0 { x / tokens as f64 } else { 0.0 };
         Ok(PolicyGradient { grads: acc.finish()?, loss: loss_sum, stats, entropy: per_token(entropy_sum), forward_tokens: fwd_tokens, kl: per_token(kl_sum) })
