@@ -13,7 +13,7 @@ use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
 use crate::sampling::SamplingParams;
 use crate::train::ema::EmaTeacher;
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::train::policy::{logprobs_from_hidden, thought_inputs, ThoughtRow};
+use crate::train::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, ThoughtLogprobs, ThoughtRow};
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use clap::{Args, ValueEnum};
@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// step: gradient checkpointing per block in the policy backward (`train.grad_checkpoint`).
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// step, with --grad-checkpoint: trained tokens per chunk of the policy head (`train.logprob_chunk`).
+    #[arg(long, default_value_t = 1024)]
+    pub logprob_chunk: usize,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -169,7 +172,7 @@ fn bench_pass(a: &BenchArgs, m: &Model) -> Result<()> {
         "{}",
         json!({ "bench": what, "batch": a.batch, "seq": a.seq, "steps": a.steps, "tokens": tokens, "median_s": secs,
                 "tokens_per_s": tokens as f64 / secs, "gflops": flops / secs / 1e9,
-                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint })
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
     );
     Ok(())
 }
@@ -279,7 +282,8 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         if a.grad_checkpoint {
             // forward and backward are interleaved: all of it is counted as backward
             t1 = Instant::now();
-            grads = Some(policy.checkpointed_backward(&inp.ids, &inp.layout, loss_of)?.1);
+            let loss_of = |lp: &ThoughtLogprobs| Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0);
+            grads = Some(checkpointed_policy_backward(&policy, &inp, &p, a.logprob_chunk, loss_of)?.1);
             fwd_rss = fwd_rss.max(peak_rss_mib());
         } else {
             let loss = loss_of(&policy.forward_hidden(&inp.ids, &inp.layout, None)?)?;
@@ -338,7 +342,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         "{}",
         json!({ "bench": "step", "contexts": b, "g": g, "prefix": a.prefix, "budget": budget, "params": n_params,
                 "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_flops.total() / total_s / 1e9,
-                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint })
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
     );
     Ok(())
 }

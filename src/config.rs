@@ -183,6 +183,11 @@ pub struct TrainSection {
     /// extra forward. Default false.
     #[serde(default)]
     pub grad_checkpoint: bool,
+    /// With `grad_checkpoint`, the policy head (lm_head, log-softmax over the vocabulary) runs
+    /// over chunks of this many trained tokens, so at most this many × V logits are alive at
+    /// once. Default 1024.
+    #[serde(default = "default_logprob_chunk")]
+    pub logprob_chunk: usize,
     /// Consecutive steps with a non-finite loss or gradient that are skipped before the run stops
     /// with an error; 0 stops at the first. Default 3.
     #[serde(default = "default_max_consecutive_nonfinite")]
@@ -269,6 +274,10 @@ fn default_max_context() -> usize {
 fn default_text_field() -> String {
     "text".to_string()
 }
+fn default_logprob_chunk() -> usize {
+    1024
+}
+
 fn default_max_consecutive_nonfinite() -> usize {
     3
 }

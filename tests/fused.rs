@@ -146,3 +146,26 @@ fn rope_matches_the_reference_in_value_and_gradient() {
     assert!(gf.iter().zip(&gr).all(|(a, b)| (a - b).abs() < 1e-5));
     check_finite_differences(&x, &gf, |t| f(t).to_scalar::<f32>().unwrap() as f64);
 }
+
+#[test]
+fn swiglu_matches_the_reference_in_value_and_gradient() {
+    use rlp::model::fused::{swiglu, swiglu_reference};
+    let shape = (2, 3, 10);
+    let gate = Var::from_vec(randn(&[2, 3, 10], 9), shape, &Device::Cpu).unwrap();
+    let up = Var::from_vec(randn(&[2, 3, 10], 10), shape, &Device::Cpu).unwrap();
+    let w = Tensor::from_vec(randn(&[2, 3, 10], 11), shape, &Device::Cpu).unwrap(); // loss = Σ w·y
+    let fused = swiglu(gate.as_tensor(), up.as_tensor()).unwrap();
+    let reference = swiglu_reference(gate.as_tensor(), up.as_tensor()).unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 1e-5, "value differs by {}", max_abs_diff(&fused, &reference));
+    let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    for v in [&gate, &up] {
+        let (a, b) = (gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+        assert!(max_abs_diff(a, b) < 1e-5, "gradient differs by {}", max_abs_diff(a, b));
+    }
+    let loss = |g: &Tensor, u: &Tensor| (swiglu(g, u).unwrap() * &w).unwrap().sum_all().unwrap();
+    let gg = loss_grad(&gate, |t| loss(t, up.as_tensor()));
+    check_finite_differences(&gate, &gg, |t| loss(t, up.as_tensor()).to_scalar::<f32>().unwrap() as f64);
+    let gu = loss_grad(&up, |t| loss(gate.as_tensor(), t));
+    check_finite_differences(&up, &gu, |t| loss(gate.as_tensor(), t).to_scalar::<f32>().unwrap() as f64);
+}

@@ -95,14 +95,17 @@ fn gradient_does_not_depend_on_micro_batching() {
 }
 
 #[test]
-fn gradient_checkpointing_gives_the_same_policy_gradient() {
+fn gradient_checkpointing_and_a_chunked_head_give_the_same_policy_gradient() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(tiny_config(&["data.contexts_per_step=2"]), dir.path(), false).unwrap();
+    // with the KL term too, so the chunked head's loss is more than the surrogate
+    let mut t = Trainer::new(tiny_config(&["data.contexts_per_step=2", "objective.kl_coef=0.1"]), dir.path(), false).unwrap();
     let batch = t.rollout_batch().unwrap();
     let idx: Vec<usize> = (0..8).collect();
     let mut runs = Vec::new();
-    for (checkpointed, micro) in [(false, 8), (true, 8), (true, 3)] {
+    // (checkpointing, micro-batch, head chunk): one chunk for all tokens, and chunks of 5
+    for (checkpointed, micro, chunk) in [(false, 8, 0), (true, 8, 100_000), (true, 3, 100_000), (true, 8, 5), (true, 3, 5)] {
         t.cfg.train.grad_checkpoint = checkpointed;
+        t.cfg.train.logprob_chunk = chunk;
         let pg = t.policy_gradient(&batch, &idx, 8, micro).unwrap();
         let g: Vec<Vec<f32>> = t.vars.iter().map(|(_, v)| pg.grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
         runs.push((pg.loss, pg.entropy, g));

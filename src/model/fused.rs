@@ -10,6 +10,7 @@
 //! - `rms_norm`: x / sqrt(mean(x²) + eps) · w with gradients for x and w.
 //! - `softmax_last_dim`: the attention softmax with its backward.
 //! - `rope`: rotate-half RoPE with its backward (the inverse rotation).
+//! - `swiglu`: silu(gate) · up, the MLP's gating, with gradients for both inputs.
 //!
 //! On devices other than the CPU every function falls back to the reference composition, so
 //! callers stay device-generic. `tests/fused.rs` checks each op against its reference in value
@@ -389,5 +390,73 @@ impl CustomOp1 for RopeOp {
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let inverse = RopeOp { cos: self.cos.clone(), sin: self.sin.clone(), b: self.b, t: self.t, sign: -self.sign };
         Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+/// SwiGLU's gating, silu(gate) · up, differentiable in both: one pass forward, one per input
+/// backward (CPU f32); candle's composition elsewhere. gate, up [.., F].
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
+        Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, Swiglu)?)
+    } else {
+        swiglu_reference(gate, up)
+    }
+}
+
+/// The composition `swiglu` replaces.
+pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((candle_nn::ops::silu(gate)? * up)?)
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+struct Swiglu;
+
+impl CustomOp2 for Swiglu {
+    fn name(&self) -> &'static str {
+        "rlp-swiglu"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = (f32_slice(gs, gl)?, f32_slice(us, ul)?);
+        if gl.shape() != ul.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", gl.shape(), ul.shape());
+        }
+        let out: Vec<f32> = g.iter().zip(u).map(|(&g, &u)| g * sigmoid(g) * u).collect();
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+
+    /// With s = σ(g): ∂/∂up = g·s, ∂/∂gate = up · s · (1 + g·(1 − s)).
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let d_gate = gate.apply_op3_no_bwd(up, &grad, &SwigluGrad { wrt_gate: true })?;
+        let d_up = gate.apply_op3_no_bwd(up, &grad, &SwigluGrad { wrt_gate: false })?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// One input's gradient of `Swiglu` from (gate, up, incoming gradient).
+struct SwigluGrad {
+    wrt_gate: bool,
+}
+
+impl candle_core::CustomOp3 for SwigluGrad {
+    fn name(&self) -> &'static str {
+        "rlp-swiglu-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout, ds: &CpuStorage, dl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u, d) = (f32_slice(gs, gl)?, f32_slice(us, ul)?, f32_slice(ds, dl)?);
+        let out: Vec<f32> = if self.wrt_gate {
+            g.iter().zip(u).zip(d).map(|((&g, &u), &d)| {
+                let s = sigmoid(g);
+                d * u * s * (1.0 + g * (1.0 - s))
+            }).collect()
+        } else {
+            g.iter().zip(d).map(|(&g, &d)| d * g * sigmoid(g)).collect()
+        };
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }

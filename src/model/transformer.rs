@@ -117,7 +117,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Move the gradients of `params` from `from` into `into`, adding where `into` already holds one
 /// (a weight used in several places, such as a tied embedding).
-fn merge_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
+pub fn merge_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
     for p in params {
         if let Some(g) = from.remove(p) {
             let sum = match into.remove(p) {
@@ -329,7 +329,7 @@ impl Model {
         if let Some(c) = cache {
             c.advance(t);
         }
-        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+        self.final_norm(&x)
     }
 
     /// Checks ids [B, T] and the layout against K = past + T keys; returns RoPE (cos, sin) and the
@@ -365,6 +365,18 @@ impl Model {
     /// Gradients equal `loss_of(forward_hidden(ids)).backward()` up to float rounding (tested).
     /// The model's weights must be `Var`s (see `into_vars`).
     pub fn checkpointed_backward(&self, ids: &Tensor, layout: &AttnLayout, loss_of: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<(Tensor, GradStore)> {
+        self.checkpointed_backward_from(ids, layout, |top| {
+            let loss = loss_of(&self.final_norm(top.as_tensor())?)?;
+            let grads = loss.backward()?;
+            Ok((loss, grads))
+        })
+    }
+
+    /// `checkpointed_backward` with the head left to the caller: `head` gets the last block's
+    /// output [B, T, D] (before the final norm) as a `Var` and returns the loss and a
+    /// `GradStore` holding the gradients of that var and of the head's weights (final norm,
+    /// lm_head); it may run several backward passes and merge them (a chunked head).
+    pub fn checkpointed_backward_from(&self, ids: &Tensor, layout: &AttnLayout, head: impl FnOnce(&Var) -> Result<(Tensor, GradStore)>) -> Result<(Tensor, GradStore)> {
         let (cos_sin, mask) = self.attention_inputs(ids, layout, 0)?;
         let mut inputs = Vec::with_capacity(self.layers.len()); // block inputs, [B, T, D] each
         let mut x = self.embed_ids(ids)?.detach();
@@ -374,8 +386,7 @@ impl Model {
         }
         let top = Var::from_tensor(&x)?;
         drop(x);
-        let loss = loss_of(&rms_norm(top.as_tensor(), &self.norm, self.cfg.rms_norm_eps)?)?;
-        let mut grads = loss.backward()?;
+        let (loss, mut grads) = head(&top)?;
         let mut dx = grads.remove(top.as_tensor()).context("the loss does not depend on the hidden states")?;
         for (layer, x) in self.layers.iter().zip(inputs).rev() {
             let xv = Var::from_tensor(&x)?;
@@ -388,6 +399,16 @@ impl Model {
         let mut g = (self.embed_ids(ids)? * &dx)?.sum_all()?.backward()?;
         merge_grads(&mut grads, &mut g, &[&self.embed])?;
         Ok((loss, grads))
+    }
+
+    /// The final RMSNorm: last block's output [.., D] -> the hidden states `logits` takes.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// The weights of the head: the final norm and the lm_head (the embedding when tied).
+    pub fn head_weights(&self) -> [&Tensor; 2] {
+        [&self.norm, self.lm_head_weight()]
     }
 
     /// Logits at every position: hidden [.., D] -> [.., V].

@@ -6,10 +6,12 @@
 //! log p'(x) = log p(x) − log(1 − Σ_{s∈S} p(s)), which is what is computed here, so that the
 //! ratio π_θ / π_θold is exactly 1 on the first PPO epoch up to float rounding.
 
+use crate::model::transformer::merge_grads;
 use crate::model::{AttnLayout, Model};
 use crate::rollout::{RolloutParams, Thought};
-use anyhow::Result;
-use candle_core::{DType, Tensor, D};
+use anyhow::{Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var, D};
 
 /// One thought to score: its context's prefix and the thought.
 pub struct ThoughtRow<'a> {
@@ -149,26 +151,41 @@ pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, gra
 /// The trained tokens' log-probs from the final hidden states [N, T, D] of `inp.ids`.
 pub fn logprobs_from_hidden(model: &Model, inp: &ThoughtInputs, hidden: &Tensor, p: &RolloutParams) -> Result<ThoughtLogprobs> {
     let dev = hidden.device().clone();
-    let ThoughtInputs { trained, rows_idx, targets, weights, slot, u_max, .. } = inp;
-    let (n, t_max, u_max, m) = (trained.len(), hidden.dim(1)?, *u_max, rows_idx.len());
-    let d = model.cfg.hidden_size;
-    let h = hidden.reshape((n * t_max, d))?.index_select(&Tensor::new(rows_idx.as_slice(), &dev)?, 0)?; // [M, D]
-    let z = (model.logits(&h)? / p.sampling.temperature as f64)?; // [M, V]
-    let lp_all = candle_nn::ops::log_softmax(&z, D::Minus1)?; // [M, V]
-    let targets_t = Tensor::new(targets.as_slice(), &dev)?;
-    let lp_tok = lp_all.gather(&targets_t.unsqueeze(1)?, 1)?.squeeze(1)?; // [M]
+    let (n, t_max, d) = (inp.trained.len(), hidden.dim(1)?, model.cfg.hidden_size);
+    let h = hidden.reshape((n * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D]
+    let (lp_tok, entropy_sum) = token_logprobs(model, inp, &h, 0, p, true)?;
+    assemble(inp, &lp_tok, entropy_sum)
+}
+
+/// log π of trained tokens `start..start + C` from their hidden states h [C, D] (after the final
+/// norm): logits / temperature, log-softmax, the target's entry, minus the log of the mass the
+/// sampler removed. Returns lp [C] (differentiable) and, when asked, Σ entropy (no gradient).
+fn token_logprobs(model: &Model, inp: &ThoughtInputs, h: &Tensor, start: usize, p: &RolloutParams, entropy: bool) -> Result<(Tensor, f64)> {
+    let dev = h.device().clone();
+    let c = h.dim(0)?;
+    let z = (model.logits(h)? / p.sampling.temperature as f64)?; // [C, V]
+    let lp_all = candle_nn::ops::log_softmax(&z, D::Minus1)?; // [C, V]
+    let targets_t = Tensor::new(&inp.targets[start..start + c], &dev)?;
+    let lp_tok = lp_all.gather(&targets_t.unsqueeze(1)?, 1)?.squeeze(1)?; // [C]
     // Probability mass each token's sampling distribution removed (see the module docs).
     let vocab = model.cfg.vocab_size as u32;
     let banned: Vec<u32> = p.banned.iter().copied().filter(|&b| b < vocab).collect();
-    let col = |id: u32| -> Result<Tensor> { Ok(lp_all.narrow(1, id as usize, 1)?.squeeze(1)?.exp()?) }; // [M]
-    let banned_mass = if banned.is_empty() { Tensor::zeros(m, DType::F32, &dev)? } else { lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)? };
-    let end_p = col(p.end_think_id)?;
-    let w = |k: usize| Tensor::new(weights[k].as_slice(), &dev);
-    let first_or_guess = (w(Ban::FirstThought as usize)? + w(Ban::Guess as usize)?)?;
-    let removed = (((&banned_mass + &end_p)? * first_or_guess)? + (&banned_mass * w(Ban::Thought as usize)?)?)?;
-    let lp_tok = (lp_tok - (1.0 - removed)?.log()?)?; // [M]
-    let entropy_sum = (lp_all.detach().exp()? * lp_all.detach())?.sum_all()?.neg()?.to_scalar::<f32>()? as f64;
-    let padded = Tensor::cat(&[&lp_tok, &Tensor::zeros(1, DType::F32, &dev)?], 0)?;
+    let banned_mass = if banned.is_empty() { Tensor::zeros(c, DType::F32, &dev)? } else { lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)? };
+    let end_p = lp_all.narrow(1, p.end_think_id as usize, 1)?.squeeze(1)?.exp()?; // [C]
+    let w = |k: Ban| Tensor::new(&inp.weights[k as usize][start..start + c], &dev);
+    let first_or_guess = (w(Ban::FirstThought)? + w(Ban::Guess)?)?;
+    let removed = (((&banned_mass + &end_p)? * first_or_guess)? + (&banned_mass * w(Ban::Thought)?)?)?;
+    let lp_tok = (lp_tok - (1.0 - removed)?.log()?)?; // [C]
+    let entropy_sum = if entropy { (lp_all.detach().exp()? * lp_all.detach())?.sum_all()?.neg()?.to_scalar::<f32>()? as f64 } else { 0.0 };
+    Ok((lp_tok, entropy_sum))
+}
+
+/// Lay the M trained tokens' log-probs lp_tok [M] out as [N, U] with mask and behaviour log-probs.
+fn assemble(inp: &ThoughtInputs, lp_tok: &Tensor, entropy_sum: f64) -> Result<ThoughtLogprobs> {
+    let dev = lp_tok.device().clone();
+    let ThoughtInputs { trained, slot, u_max, .. } = inp;
+    let (n, u_max, m) = (trained.len(), *u_max, inp.rows_idx.len());
+    let padded = Tensor::cat(&[lp_tok, &Tensor::zeros(1, DType::F32, &dev)?], 0)?;
     let logp = padded.index_select(&Tensor::new(slot.as_slice(), &dev)?, 0)?.reshape((n, u_max))?; // [N, U]
     let mut mask = vec![0f32; n * u_max];
     let mut old = vec![0f32; n * u_max];
@@ -187,4 +204,48 @@ pub fn logprobs_from_hidden(model: &Model, inp: &ThoughtInputs, hidden: &Tensor,
         n_tokens: m,
         forward_tokens: inp.forward_tokens,
     })
+}
+
+/// `loss_of(log-probs)` and its gradient with gradient checkpointing per block
+/// (`Model::checkpointed_backward_from`) and the head run over chunks of `chunk` trained tokens,
+/// so that at most chunk × V logits are alive at once instead of M × V (M trained tokens in the
+/// micro-batch: 16 thoughts × 2048 tokens × 151k vocabulary would be 20 GB per copy in f32).
+/// Two passes over the chunks: without gradient to get every log-prob and, from the loss,
+/// g = ∂loss/∂lp [M]; then with gradient, back-propagating Σ lp ⊙ g chunk by chunk. The loss may
+/// be any function of the log-probs (the clipped surrogate, the KL term). Returns the loss, the
+/// gradients, and the log-probs (detached) for logging.
+pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &RolloutParams, chunk: usize, loss_of: impl FnOnce(&ThoughtLogprobs) -> Result<Tensor>) -> Result<(Tensor, GradStore, ThoughtLogprobs)> {
+    let chunk = chunk.max(1);
+    let mut logprobs = None;
+    let (loss, grads) = model.checkpointed_backward_from(&inp.ids, &inp.layout, |top| {
+        let dev = top.device().clone();
+        let (n, t_max, d) = (inp.trained.len(), top.dim(1)?, model.cfg.hidden_size);
+        let h = top.as_tensor().reshape((n * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D], pre-norm
+        let m = h.dim(0)?;
+        let spans: Vec<(usize, usize)> = (0..m).step_by(chunk).map(|s| (s, chunk.min(m - s))).collect();
+        // Pass 1, no gradient: every trained token's log-prob, then the loss and ∂loss/∂lp.
+        let h0 = h.detach();
+        let (mut parts, mut entropy_sum) = (Vec::with_capacity(spans.len()), 0.0);
+        for &(s, c) in &spans {
+            let (lp, e) = token_logprobs(model, inp, &model.final_norm(&h0.narrow(0, s, c)?)?, s, p, true)?;
+            parts.push(lp.detach());
+            entropy_sum += e;
+        }
+        let lp_var = Var::from_tensor(&Tensor::cat(&parts, 0)?)?; // [M]
+        let lp = assemble(inp, lp_var.as_tensor(), entropy_sum)?;
+        let loss = loss_of(&lp)?;
+        let mut grads = loss.backward()?;
+        let g = grads.remove(lp_var.as_tensor()).context("the loss does not depend on the log-probs")?; // [M]
+        logprobs = Some(ThoughtLogprobs { logp: lp.logp.detach(), ..lp });
+        // Pass 2, with gradient, one chunk at a time.
+        let mut targets: Vec<&Tensor> = model.head_weights().to_vec();
+        targets.push(top.as_tensor());
+        for &(s, c) in &spans {
+            let (lp, _) = token_logprobs(model, inp, &model.final_norm(&h.narrow(0, s, c)?)?, s, p, false)?;
+            let mut gc = (lp * g.narrow(0, s, c)?)?.sum_all()?.backward()?;
+            merge_grads(&mut grads, &mut gc, &targets)?;
+        }
+        Ok((loss, grads))
+    })?;
+    Ok((loss, grads, logprobs.context("the policy head was not run")?))
 }

@@ -12,7 +12,7 @@ use super::checkpoint;
 use super::data_parallel as dp; // [dist]
 use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
-use super::policy::{logprobs_from_hidden, thought_inputs, thought_logprobs, ThoughtLogprobs, ThoughtRow};
+use super::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, thought_logprobs, ThoughtLogprobs, ThoughtRow};
 use super::schedule::{LrSchedule, ScheduleKind};
 use crate::config::{Advantage, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
@@ -426,23 +426,22 @@ impl Trainer {
                 Ok((loss, st, kl_tokens))
             };
             let inp = thought_inputs(&self.policy, &rows, &self.rollout, forced_end)?;
-            let mut logged = None;
-            let (loss, grads) = if self.cfg.train.grad_checkpoint {
-                self.policy.checkpointed_backward(&inp.ids, &inp.layout, |hidden| {
-                    let lp = logprobs_from_hidden(&self.policy, &inp, hidden, &self.rollout)?;
-                    let (loss, st, kl) = loss_of(&lp)?;
-                    logged = Some((lp, st, kl));
+            let (loss, grads, lp, st, kl_tokens) = if self.cfg.train.grad_checkpoint {
+                let mut logged = None;
+                let (loss, grads, lp) = checkpointed_policy_backward(&self.policy, &inp, &self.rollout, self.cfg.train.logprob_chunk, |lp| {
+                    let (loss, st, kl) = loss_of(lp)?;
+                    logged = Some((st, kl));
                     Ok(loss)
-                })?
+                })?;
+                let (st, kl) = logged.context("the policy loss was not computed")?;
+                (loss, grads, lp, st, kl)
             } else {
                 let hidden = self.policy.forward_hidden(&inp.ids, &inp.layout, None)?;
                 let lp = logprobs_from_hidden(&self.policy, &inp, &hidden, &self.rollout)?;
                 let (loss, st, kl) = loss_of(&lp)?;
-                logged = Some((lp, st, kl));
                 let grads = loss.backward()?;
-                (loss, grads)
+                (loss, grads, lp, st, kl)
             };
-            let (lp, st, kl_tokens) = logged.context("the policy loss was not computed")?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             kl_sum += kl_tokens;
             stats.merge(&st);
