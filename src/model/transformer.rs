@@ -5,6 +5,7 @@
 //! KV key/value heads, R = H / KV heads per group, hd head dim, V vocabulary, F FFN width.
 
 use super::config::Config;
+use super::fused;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use anyhow::{bail, Context, Result};
@@ -110,9 +111,7 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    Ok(y.broadcast_mul(w)?)
+    super::fused::rms_norm(x, w, eps)
 }
 
 /// Move the gradients of `params` from `from` into `into`, adding where `into` already holds one
@@ -151,8 +150,8 @@ impl Layer {
             (Some(qn), Some(kn)) => (rms_norm(&q, qn, eps)?, rms_norm(&k, kn, eps)?),
             _ => (q, k),
         };
-        let q = Rope::apply(&q.transpose(1, 2)?.contiguous()?, cos_sin)?; // [B, H, T, hd]
-        let k = Rope::apply(&k.transpose(1, 2)?.contiguous()?, cos_sin)?; // [B, KV, T, hd]
+        let q = fused::rope(&q.transpose(1, 2)?.contiguous()?, &cos_sin.0, &cos_sin.1)?; // [B, H, T, hd]
+        let k = fused::rope(&k.transpose(1, 2)?.contiguous()?, &cos_sin.0, &cos_sin.1)?; // [B, KV, T, hd]
         let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?, // [B, KV, K, hd]
@@ -164,14 +163,14 @@ impl Layer {
         let qg = q.reshape((b, kv, r * t, hd))?;
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
         let scores = scores.reshape((b, h, t, kl))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = fused::softmax_last_dim(&scores)?;
         let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
         let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
         let xn = rms_norm(&x, &self.post_attn_norm, eps)?;
-        let gate = candle_nn::ops::silu(&linear(&xn, &self.gate_proj, None)?)?;
+        let gate = linear(&xn, &self.gate_proj, None)?;
         let up = linear(&xn, &self.up_proj, None)?;
-        Ok((&x + linear(&(gate * up)?, &self.down_proj, None)?)?)
+        Ok((&x + linear(&fused::swiglu(&gate, &up)?, &self.down_proj, None)?)?)
     }
 }
 
