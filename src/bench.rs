@@ -172,7 +172,7 @@ fn bench_pass(a: &BenchArgs, m: &Model) -> Result<()> {
         "{}",
         json!({ "bench": what, "batch": a.batch, "seq": a.seq, "steps": a.steps, "tokens": tokens, "median_s": secs,
                 "tokens_per_s": tokens as f64 / secs, "gflops": flops / secs / 1e9,
-                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib() })
     );
     Ok(())
 }
