@@ -267,13 +267,16 @@ impl CustomOp2 for RmsNorm {
 
     /// With r = 1/rms(x), y = x·r·w:  dw = Σ_rows g·x·r,  dx = r·(g·w) − x·r³·mean(g·w·x).
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // Detached: built from the tracked x and w, the gradients would carry a graph that keeps
+        // the forward's activations alive for as long as the gradients live.
+        let (x, w, g) = (x.detach(), w.detach(), g.detach());
         let d = w.dim(0)?;
         let x2 = x.reshape(((), d))?; // [N, D]
         let g2 = g.contiguous()?.reshape(((), d))?;
         let r = (x2.sqr()?.mean_keepdim(1)? + self.eps as f64)?.sqrt()?.recip()?; // [N, 1]
         let xr = x2.broadcast_mul(&r)?; // [N, D]
         let dw = (&g2 * &xr)?.sum(0)?; // [D]
-        let gw = g2.broadcast_mul(w)?; // [N, D]
+        let gw = g2.broadcast_mul(&w)?; // [N, D]
         let proj = (&gw * &xr)?.mean_keepdim(1)?; // [N, 1] = r·mean(g·w·x)
         let dx = (gw - xr.broadcast_mul(&proj)?)?.broadcast_mul(&r)?; // r·(gw − x·r·proj)
         Ok((Some(dx.reshape(x.shape())?), Some(dw)))

@@ -105,7 +105,10 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let x2 = x.reshape((rows, n_in))?;
     // Few rows (batched decode): (w · xᵀ)ᵀ runs 1.7–1.9× faster than x · wᵀ in candle's CPU
     // gemm at 16 rows × 576/1536 features (examples/mm_shapes.rs, BENCHMARKS.md); same math.
-    let y = if rows <= SKINNY_ROWS && x.device().is_cpu() { w.matmul(&x2.t()?)?.t()? } else { x2.matmul(&w.t()?)? };
+    // Only without gradient: with w as the matmul's left operand, candle would build w's
+    // gradient from the tracked activations and keep them alive through it.
+    let skinny = rows <= SKINNY_ROWS && x.device().is_cpu() && !w.track_op();
+    let y = if skinny { w.matmul(&x2.t()?)?.t()? } else { x2.matmul(&w.t()?)? };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
