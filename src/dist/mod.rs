@@ -166,6 +166,15 @@ pub fn launcher_world_size() -> Option<(&'static str, usize)> {
         })
 }
 
+/// This process's rank among the ranks of its node, from the launcher's environment (Open MPI,
+/// Slurm, MPICH/Intel MPI); 0 when none says so. Picks the GPU of a rank.
+pub fn launcher_local_rank() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 #[cfg(feature = "mpi")]
 fn mpi_dist(var: &str, n: usize, timeout: Duration) -> Result<Dist> {
     let m = mpi_world::MpiWorld::init(timeout)?;

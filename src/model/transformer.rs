@@ -107,10 +107,14 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y.reshape(out_dims)?)
 }
 
-/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
+/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w. The normalisation runs in f32
+/// whatever x's dtype (bf16 compute), then returns to x's dtype before the scale, as
+/// transformers does.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let x = x.to_dtype(DType::F32)?; // no-op for f32
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dt)?;
     Ok(y.broadcast_mul(w)?)
 }
 
@@ -140,8 +144,9 @@ impl Layer {
         // Group the R query heads of each KV head so K/V need no repeat: [B, KV, R*T, hd].
         let qg = q.reshape((b, kv, r * t, hd))?;
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
-        let scores = scores.reshape((b, h, t, kl))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        // mask and softmax in f32 whatever the compute dtype (no-ops for f32)
+        let scores = scores.reshape((b, h, t, kl))?.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(q.dtype())?;
         let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
         let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
@@ -154,13 +159,22 @@ impl Layer {
 
 impl Model {
     /// Build from tensors keyed by Hugging Face names; every shape is checked against `cfg`.
-    pub fn from_tensors(cfg: Config, mut t: HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+    /// Weights are converted to f32.
+    pub fn from_tensors(cfg: Config, t: HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+        Self::build(cfg, t, origin, Some(DType::F32))
+    }
+
+    /// [`Model::from_tensors`], converting every weight to `dtype` (None: keep each as it is).
+    fn build(cfg: Config, mut t: HashMap<String, Tensor>, origin: &str, dtype: Option<DType>) -> Result<Self> {
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let x = t.remove(name).with_context(|| format!("{origin}: missing tensor `{name}`"))?;
             if x.dims() != shape {
                 bail!("{origin}: tensor `{name}` has shape {:?} but the config implies {:?}", x.dims(), shape);
             }
-            Ok(x.to_dtype(DType::F32)?)
+            Ok(match dtype {
+                Some(d) => x.to_dtype(d)?,
+                None => x,
+            })
         };
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (h, kv, v) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size);
@@ -239,7 +253,25 @@ impl Model {
 
     fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Model> {
         let map: HashMap<String, Tensor> = self.named_tensors().into_iter().map(|(n, t)| Ok((n, f(&t)?))).collect::<Result<_>>()?;
-        Model::from_tensors(self.cfg.clone(), map, "model copy")
+        Model::build(self.cfg.clone(), map, "model copy", None)
+    }
+
+    /// The dtype the model computes in: that of its weights (activations follow it; attention
+    /// softmax, RMSNorm statistics and the logits are f32 whatever it is).
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// The device of the weights; inputs, caches and masks are built there.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Every weight cast to `dtype` (the same model when it already is). The cast is
+    /// differentiable: a bf16 compute copy of `Var`-backed f32 weights sends f32 gradients back
+    /// to the vars (bf16 compute with f32 master weights).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
+        self.map_tensors(|t| Ok(t.to_dtype(dtype)?))
     }
 
     /// A view of the same weights that records no gradient (shares storage: sees in-place updates).
@@ -308,7 +340,8 @@ impl Model {
             }
         }
         let dev = ids.device();
-        let cos_sin = self.rope.cos_sin(&layout.positions, b, t, dev)?;
+        let (cos, sin) = self.rope.cos_sin(&layout.positions, b, t, dev)?;
+        let cos_sin = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?); // no-ops for f32
         let mask = Tensor::from_slice(&layout.mask, (b, 1, t, k), dev)?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -320,15 +353,16 @@ impl Model {
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
     }
 
-    /// Logits at every position: hidden [.., D] -> [.., V].
+    /// Logits at every position: hidden [.., D] -> [.., V], always f32 (log-softmax, log-probs
+    /// and losses are taken in f32 whatever the compute dtype).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear(hidden, self.lm_head_weight(), None)
+        Ok(linear(hidden, self.lm_head_weight(), None)?.to_dtype(DType::F32)?)
     }
 
     /// Logits at every position of right-padded rows. Returns [B, T, V] with T = longest row;
     /// positions past a row's end hold garbage.
     pub fn forward_logits(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
-        let (ids, lens, t) = pad_right(rows, &Device::Cpu)?;
+        let (ids, lens, t) = pad_right(rows, self.device())?;
         let layout = AttnLayout::right_padded(&lens, t);
         self.logits(&self.forward_hidden(&ids, &layout, None)?)
     }

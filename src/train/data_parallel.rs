@@ -18,7 +18,8 @@ use crate::dist::grads::all_reduce_grads;
 use crate::dist::{Dist, ReduceOp};
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::Var;
+use crate::device::DeviceSpec;
+use candle_core::{Device, Var};
 use std::ops::Range;
 
 /// Global indices (in 0..b) of the contexts this rank owns.
@@ -71,6 +72,17 @@ pub fn check_batch_fits_world(cfg: &TrainConfig, world: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The device this rank trains on, from `train.device`. Under several ranks a plain "cuda"
+/// means the GPU numbered by the rank's node-local rank (one GPU per rank: `mpirun -np 8` on an
+/// 8-GPU node gives ranks 0..7 GPUs 0..7); "cuda:N" is taken as written.
+pub fn rank_device(name: &str, dist: &Dist) -> Result<Device> {
+    let spec = match DeviceSpec::parse(name)? {
+        DeviceSpec::Cuda(0) if dist.world() > 1 && name.trim() == "cuda" => DeviceSpec::Cuda(crate::dist::launcher_local_rank()),
+        spec => spec,
+    };
+    spec.open()
 }
 
 /// Sum an NTP step's gradient and loss over all ranks, in place.

@@ -67,8 +67,9 @@ impl Trainer {
         let t0 = Instant::now();
         let mut acc = GradAccumulator::default();
         let mut loss = 0f64;
+        let policy = self.train_model()?; // f32 vars, or their differentiable bf16 cast
         for chunk in windows.chunks(micro) {
-            let (lp_sum, _) = window_logprob_sum(&self.policy, chunk, no_cross)?;
+            let (lp_sum, _) = window_logprob_sum(&policy, chunk, no_cross)?;
             let l = (lp_sum.neg()? / total_targets)?;
             loss += l.to_scalar::<f32>()? as f64;
             acc.add(l.backward()?, &self.vars)?;
