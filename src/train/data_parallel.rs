@@ -87,7 +87,7 @@ pub fn rank_device(name: &str, dist: &Dist) -> Result<Device> {
 
 /// Sum an NTP step's gradient and loss over all ranks, in place.
 pub fn all_reduce_loss_and_grads(dist: &Dist, grads: &mut GradStore, loss: &mut f64, vars: &[Var]) -> Result<()> {
-    if dist.world() == 1 {
+    if !dist.is_distributed() {
         return Ok(());
     }
     all_reduce_grads(dist, grads, vars)?;
@@ -100,7 +100,7 @@ pub fn all_reduce_loss_and_grads(dist: &Dist, grads: &mut GradStore, loss: &mut 
 /// Sum the gradient and the loss statistics of `pg` over all ranks, in place. Afterwards every
 /// rank holds the global gradient, loss, clip counts, entropy, KL and token count.
 pub fn all_reduce_policy_gradient(dist: &Dist, pg: &mut PolicyGradient, vars: &[Var]) -> Result<()> {
-    if dist.world() == 1 {
+    if !dist.is_distributed() {
         return Ok(());
     }
     all_reduce_grads(dist, &mut pg.grads, vars)?;

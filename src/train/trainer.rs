@@ -136,6 +136,7 @@ impl Trainer {
         dp::check_batch_fits_world(&cfg, dist.world())?; // [dist]
         // before anything is loaded: a CPU-only build asked for cuda fails here
         let device = dp::rank_device(&cfg.train.device, &dist)?; // [dist] GPU of the node-local rank
+        dist.use_device(&device)?; // [dist] NCCL on GPUs (feature nccl), collective
         let compute_dtype = match cfg.train.compute_dtype {
             Dtype::F32 => DType::F32,
             Dtype::Bf16 => DType::BF16,
@@ -496,7 +497,8 @@ impl Trainer {
     pub fn run(&mut self) -> Result<()> {
         if self.dist.is_root() {
             println!("{}", self.cfg.batch_arithmetic());
-            if self.dist.world() > 1 {
+            if self.dist.is_distributed() {
+                println!("data parallel: gradients summed by {}", self.dist.gradient_backend());
                 let unit = if self.cfg.objective.name == ObjectiveName::Ntp { "packed windows" } else { "contexts" };
                 let n = if self.cfg.objective.name == ObjectiveName::Ntp { self.cfg.ntp_windows_per_step() } else { self.cfg.data.contexts_per_step };
                 println!("data parallel: {} ranks, each trains about {} of the {n} {unit} per step", self.dist.world(), n / self.dist.world());
