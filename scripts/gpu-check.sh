@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a GPU machine (H100/H200), check the CUDA binaries from scripts/build-cuda.sh in a few
-# minutes (about 5 on an H200, under 8 in the worst case):
+# minutes (every step has a timeout, and none starts after GPU_CHECK_BUDGET_S = 480 s):
 #   1. unpack .cache/cuda/dist/rlp-cuda.xz (and rlp-cuda-nccl.xz when present);
 #   2. CPU-vs-GPU parity (logits and greedy decode) on the tiny Llama/Qwen2/Qwen3 fixtures and a
 #      SmolLM2-135M-shaped model (the real GGUF when .cache/models has it, else a random one of
@@ -64,9 +64,17 @@ for b in "$BIN" $NCCL_BIN; do
     say "== ldd $(basename "$b"): $(ldd "$b" | grep -E 'cuda|cublas|curand|nccl|mpi|not found' | awk '{print $1, $3}' | tr '\n' ' ')"
 done
 
+BUDGET="${GPU_CHECK_BUDGET_S:-480}" # the whole script, seconds: no step starts past it
 run() { # NAME TIMEOUT_S BINARY ARGS...: run, log, keep its JSON lines
     local name="$1" limit="$2"; shift 2
-    local t0=$SECONDS
+    local t0=$SECONDS left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 15 ]; then
+        say "FAILED ($name: not started, the ${BUDGET} s budget is spent)"
+        echo "{\"check\": \"$name\", \"ok\": false, \"why\": \"out of time\"}" >> "$JSONL"
+        fail=1
+        return 1
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     say "== $name: $(basename "$1") ${*:2}"
     if timeout "$limit" "$@" > "$WORK/$name.txt" 2>&1; then
         grep -v '^{' "$WORK/$name.txt" | tail -n 25 | tee -a "$LOG"
@@ -121,7 +129,7 @@ else
     if command -v mpirun >/dev/null; then
         run train-nccl-1rank 180 mpirun --allow-run-as-root -np 1 -x RLP_FORCE_MPI=1 -x LD_LIBRARY_PATH "$NCCL_BIN" "${NCCL_ARGS[@]}"
     else # an MPI singleton: no mpirun on this machine
-        run train-nccl-1rank 180 env RLP_FORCE_MPI=1 OMPI_COMM_WORLD_SIZE=1 OMPI_MCA_ess_singleton_isolated=1 "$NCCL_BIN" "${NCCL_ARGS[@]}"
+        run train-nccl-1rank 180 env RLP_FORCE_MPI=1 OMPI_MCA_ess_singleton_isolated=1 "$NCCL_BIN" "${NCCL_ARGS[@]}"
     fi
     if grep -q "gradients summed by NCCL" "$WORK/train-nccl-1rank.txt" 2>/dev/null; then
         metrics "$WORK/train-nccl" train-nccl-1rank

@@ -43,13 +43,17 @@ pub enum ReduceOp {
 impl Dist {
     /// `Single` unless a launcher started several ranks; then MPI (or an error that says how to
     /// rebuild with MPI). `timeout` bounds every collective.
-    /// `RLP_FORCE_MPI=1` starts MPI (and NCCL) even for a one-rank job, so that a single
-    /// process exercises every collective (smoke tests: `mpirun -np 1`).
+    /// `RLP_FORCE_MPI=1` starts MPI (and NCCL) even for a one-rank job, under `mpirun -np 1`
+    /// or with no launcher at all (an MPI singleton), so that a single process exercises every
+    /// collective: a smoke test of the data-parallel path.
     pub fn from_launcher(timeout: Duration) -> Result<Dist> {
-        let Some((var, n)) = launcher_world_size() else {
-            return Ok(Dist::Single);
+        let forced = std::env::var("RLP_FORCE_MPI").is_ok_and(|v| v == "1");
+        let (var, n) = match launcher_world_size() {
+            Some(found) => found,
+            None if forced => ("RLP_FORCE_MPI", 1),
+            None => return Ok(Dist::Single),
         };
-        if n <= 1 && std::env::var("RLP_FORCE_MPI").map_or(true, |v| v != "1") {
+        if n <= 1 && !forced {
             return Ok(Dist::Single);
         }
         mpi_dist(var, n, timeout)

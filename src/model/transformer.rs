@@ -257,7 +257,7 @@ impl Model {
     }
 
     /// The dtype the model computes in: that of its weights (activations follow it; attention
-    /// softmax, RMSNorm statistics and the logits are f32 whatever it is).
+    /// softmax and RMSNorm's normalisation run in f32, and logits are returned as f32).
     pub fn dtype(&self) -> DType {
         self.embed.dtype()
     }
