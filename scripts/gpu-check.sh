@@ -76,13 +76,14 @@ run() { # NAME TIMEOUT_S BINARY ARGS...: run, log, keep its JSON lines
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     say "== $name: $(basename "$1") ${*:2}"
-    if timeout "$limit" "$@" > "$WORK/$name.txt" 2>&1; then
+    timeout "$limit" "$@" > "$WORK/$name.txt" 2>&1
+    local rc=$?
+    if [ "$rc" -eq 0 ]; then
         grep -v '^{' "$WORK/$name.txt" | tail -n 25 | tee -a "$LOG"
         grep -h '^{' "$WORK/$name.txt" >> "$JSONL"
         echo "{\"check\": \"$name\", \"ok\": true, \"seconds\": $((SECONDS - t0))}" >> "$JSONL"
         return 0
     fi
-    local rc=$?
     say "FAILED ($name, exit $rc after $((SECONDS - t0)) s)"
     tail -n 30 "$WORK/$name.txt" | tee -a "$LOG"
     echo "{\"check\": \"$name\", \"ok\": false, \"exit\": $rc}" >> "$JSONL"
@@ -135,6 +136,7 @@ else
         metrics "$WORK/train-nccl" train-nccl-1rank
     else
         say "FAILED (train-nccl-1rank: gradients did not go through NCCL)"; fail=1
+        echo '{"check": "train-nccl-1rank", "ok": false, "why": "gradients not summed by NCCL"}' >> "$JSONL"
     fi
 fi
 
