@@ -89,14 +89,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
+/// `cpu`, `cuda` or `cuda:N` (see `crate::device`).
 pub fn parse_device(s: &str) -> Result<Device> {
-    match s.split_once(':') {
-        _ if s == "cpu" => Ok(Device::Cpu),
-        _ if s == "cuda" => Ok(Device::new_cuda(0)?),
-        Some(("cuda", n)) => Ok(Device::new_cuda(n.parse()?)?),
-        _ => anyhow::bail!("--device {s}: expected cpu, cuda or cuda:N"),
-    }
+    crate::device::open(s)
 }
 
 /// Max |Δ| of the logits of a fake batch (relative to the largest |logit|) and whether a

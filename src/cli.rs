@@ -4,7 +4,7 @@
 use crate::model::{self, target_logprobs, Model};
 use crate::sampling::SamplingParams;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Args;
 use rand::SeedableRng;
 use serde_json::json;
@@ -21,6 +21,9 @@ pub struct InputArgs {
     /// Comma-separated token ids (no tokenizer needed).
     #[arg(long, value_delimiter = ',')]
     pub ids: Option<Vec<u32>>,
+    /// cpu, or cuda / cuda:N (needs a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]
@@ -61,6 +64,7 @@ struct Input {
 }
 
 fn load_input(a: &InputArgs) -> Result<Input> {
+    let dev = crate::device::open(&a.device)?;
     let loaded = model::weights::load(&a.model)?;
     let ids = match (&a.ids, &a.text) {
         (Some(ids), _) => ids.clone(),
@@ -73,7 +77,7 @@ fn load_input(a: &InputArgs) -> Result<Input> {
     if ids.is_empty() {
         bail!("the input encodes to no tokens");
     }
-    Ok(Input { model: loaded.model.detached()?, tokenizer: loaded.tokenizer, ids })
+    Ok(Input { model: loaded.model.detached()?.to_device(&dev)?, tokenizer: loaded.tokenizer, ids })
 }
 
 pub fn score(a: &ScoreArgs) -> Result<()> {
@@ -81,7 +85,7 @@ pub fn score(a: &ScoreArgs) -> Result<()> {
     let logits = inp.model.forward_logits(&[inp.ids.clone()])?.squeeze(0)?; // [T, V]
     let n = inp.ids.len();
     let logprobs_next: Vec<f32> = if n > 1 {
-        let targets = Tensor::new(&inp.ids[1..], &Device::Cpu)?;
+        let targets = Tensor::new(&inp.ids[1..], inp.model.device())?;
         target_logprobs(&logits.narrow(0, 0, n - 1)?, &targets)?.to_vec1()?
     } else {
         Vec::new()

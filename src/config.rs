@@ -50,7 +50,8 @@ pub struct ModelSection {
     /// Add `<think>`/`</think>` as special tokens when the vocabulary lacks them. Default true.
     #[serde(default = "default_true")]
     pub add_think_tokens: bool,
-    /// Compute dtype. Default "f32" (the only one on CPU).
+    /// Kept for old configs: must be "f32" (the weights rlp loads and saves). The compute dtype
+    /// is `train.compute_dtype`.
     #[serde(default)]
     pub dtype: Dtype,
 }
@@ -198,6 +199,21 @@ pub struct TrainSection {
     /// process. Default 300.
     #[serde(default = "default_collective_timeout_s")]
     pub collective_timeout_s: f64,
+    /// Where the model trains: "cpu" (default), "cuda" (GPU 0) or "cuda:N". Under
+    /// `mpirun`/`srun` with NCCL ("cuda"), each rank takes the GPU of its node-local rank. Weights
+    /// are loaded on the CPU and moved there; optimizer moments, the EMA teacher and gradients live
+    /// there too; checkpoints are written from CPU copies. "cuda" needs a binary built with
+    /// `--features cuda` (scripts/build-cuda.sh).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// "f32" (default) or "bf16": the dtype of the forward passes. With "bf16" the master weights,
+    /// AdamW moments, EMA teacher and gradients stay f32; every weight is cast to bf16 at use
+    /// (differentiably, so gradients come back f32), activations are bf16, and attention softmax,
+    /// RMSNorm statistics, log-softmax, log-probs and the loss are f32. Rollouts and scoring use a
+    /// bf16 copy of the weights made once per rollout batch. Meant for GPUs: candle's CPU backend
+    /// runs bf16 matmuls by widening to f32, so on CPU it is correct but slower than f32.
+    #[serde(default)]
+    pub compute_dtype: Dtype,
 }
 
 /// `[logging]`: what is printed and written besides metrics.
@@ -283,6 +299,9 @@ fn default_max_consecutive_nonfinite() -> usize {
 }
 fn default_collective_timeout_s() -> f64 {
     300.0
+}
+fn default_device() -> String {
+    "cpu".to_string()
 }
 
 impl Default for RolloutSection {
@@ -451,6 +470,9 @@ impl TrainConfig {
         out.require(p.min_lr >= 0.0 && p.min_lr <= p.lr, "optim.min_lr", p.min_lr, &rule);
         out.require(t.steps >= 1, "train.steps", t.steps, "must be at least 1");
         out.require(positive(t.collective_timeout_s), "train.collective_timeout_s", t.collective_timeout_s, "must be > 0 seconds");
+        out.require(crate::device::DeviceSpec::parse(&t.device).is_ok(), "train.device", format!("{:?}", t.device), "must be \"cpu\", \"cuda\" or \"cuda:N\"");
+        let dtype_rule = "must be \"f32\": set train.compute_dtype = \"bf16\" for bf16 compute (weights stay f32)";
+        out.require(self.model.dtype == Dtype::F32, "model.dtype", "\"bf16\"", dtype_rule);
         let rule = format!("must not exceed train.steps ({})", t.steps);
         out.require(p.warmup_steps <= t.steps, "optim.warmup_steps", p.warmup_steps, &rule);
         if let Some(m) = t.micro_batch {
@@ -826,6 +848,7 @@ mod tests {
             (None, 0, 3)
         );
         assert_eq!(c.train.collective_timeout_s, 300.0);
+        assert_eq!((c.train.device.as_str(), c.train.compute_dtype), ("cpu", Dtype::F32));
         assert_eq!((c.logging.samples_every, c.checkpoint.keep_last), (10, 3));
     }
 
@@ -1020,6 +1043,9 @@ mod tests {
             (&["checkpoint.keep_last=0"], "checkpoint.keep_last"),
             (&["train.collective_timeout_s=0"], "train.collective_timeout_s"),
             (&["train.collective_timeout_s=-5"], "train.collective_timeout_s"),
+            (&["train.device=\"gpu\""], "train.device"),
+            (&["train.device=\"cuda:x\""], "train.device"),
+            (&["model.dtype=\"bf16\""], "train.compute_dtype"),
         ];
         for (overrides, key) in cases {
             let err = validate_err(overrides);

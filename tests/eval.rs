@@ -31,6 +31,7 @@ fn args(task: &str, out: &Path) -> EvalArgs {
         max_context: 32,
         add_think_tokens: false,
         batch: 4,
+        device: "cpu".into(),
     }
 }
 

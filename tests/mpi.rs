@@ -217,6 +217,30 @@ fn initial_weights() -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// `RLP_FORCE_MPI=1` under `mpirun -np 1`, and as an MPI singleton: every collective runs (the path a one-rank NCCL smoke
+/// test takes on a GPU), and with one rank the sums are identities, so the weights are bitwise
+/// those of a plain single process.
+#[test]
+fn one_forced_mpi_rank_trains_exactly_the_single_process_weights() {
+    let sets = ["train.steps=2"];
+    let (plain, forced) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    train(1, plain.path(), &sets);
+    let out = mpirun(1, &train_args(forced.path(), &sets)).env("RLP_FORCE_MPI", "1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    check("rlp train on 1 forced MPI rank", out);
+    assert!(stdout.contains("data parallel: gradients summed by MPI"), "the collectives did not run:\n{stdout}");
+    assert_eq!(weights(plain.path(), 2), weights(forced.path(), 2), "one MPI rank must train the single-process weights");
+    // the same as an MPI singleton, with no mpirun at all (how gpu-check.sh runs on a machine without one)
+    let singleton = tempfile::tempdir().unwrap();
+    let out = Command::new(rlp()).args(train_args(singleton.path(), &sets)).env("RLP_FORCE_MPI", "1").env("OMPI_MCA_ess_singleton_isolated", "1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    check("rlp train as a forced MPI singleton", out);
+    assert!(stdout.contains("data parallel: gradients summed by MPI"), "the collectives did not run:\n{stdout}");
+    assert_eq!(weights(plain.path(), 2), weights(singleton.path(), 2), "an MPI singleton must train the single-process weights");
+    let (moved, _) = worst_relative_difference(&initial_weights(), &weights(plain.path(), 2));
+    assert!(moved > 1e-4, "training hardly moved the weights ({moved:e}): the comparison would prove nothing");
+}
+
 #[test]
 fn two_ranks_train_the_weights_one_process_trains() {
     // B = 4 contexts, G = 4, 2 per rank; then 2 minibatches per rollout batch (1 context per

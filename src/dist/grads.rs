@@ -4,6 +4,8 @@
 //!
 //! Gradients are flattened to `f32`, packed in variable order into buckets of at most
 //! [`BUCKET_FLOATS`] (one variable larger than that travels alone), all-reduced, and unpacked.
+//! A bucket is packed on the gradients' own device: on a GPU with NCCL it never leaves the GPU;
+//! otherwise it goes through host memory and MPI (`Dist::all_reduce_tensor`).
 
 use super::Dist;
 use anyhow::Result;
@@ -18,7 +20,7 @@ pub const BUCKET_FLOATS: usize = 8 << 20;
 /// a gradient on some ranks counts as zero there; one without a gradient on every rank stays
 /// without one. All ranks must pass the same `vars` in the same order.
 pub fn all_reduce_grads(dist: &Dist, grads: &mut GradStore, vars: &[Var]) -> Result<()> {
-    if dist.world() == 1 {
+    if !dist.is_distributed() {
         return Ok(());
     }
     let mut present: Vec<f32> = vars
@@ -28,20 +30,21 @@ pub fn all_reduce_grads(dist: &Dist, grads: &mut GradStore, vars: &[Var]) -> Res
     dist.all_reduce_f32("gradient presence flags", &mut present)?;
     for bucket in buckets(vars, BUCKET_FLOATS) {
         let vars = &vars[bucket];
-        let mut flat = Vec::with_capacity(vars.iter().map(|v| v.elem_count()).sum());
-        for v in vars {
-            match grads.get(v.as_tensor()) {
-                Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-                None => flat.resize(flat.len() + v.elem_count(), 0.0),
-            }
-        }
-        dist.all_reduce_f32("gradients", &mut flat)?;
+        let parts: Vec<Tensor> = vars
+            .iter()
+            .map(|v| match grads.get(v.as_tensor()) {
+                Some(g) => Ok(g.to_dtype(DType::F32)?.flatten_all()?),
+                None => Ok(Tensor::zeros(v.elem_count(), DType::F32, v.device())?),
+            })
+            .collect::<Result<_>>()?;
+        let flat = Tensor::cat(&parts, 0)?; // [Σ n], on the gradients' device
+        let summed = dist.all_reduce_tensor("gradients", &flat)?;
         let mut offset = 0;
         for v in vars {
             let n = v.elem_count();
-            let summed = Tensor::from_slice(&flat[offset..offset + n], v.dims(), v.device())?.to_dtype(v.dtype())?;
+            let g = summed.narrow(0, offset, n)?.reshape(v.dims())?.to_dtype(v.dtype())?;
             offset += n;
-            grads.insert(v.as_tensor(), summed);
+            grads.insert(v.as_tensor(), g);
         }
     }
     // Variables no rank had a gradient for stay absent, as in a single process.

@@ -6,8 +6,9 @@
 //! [`Dist::Mpi`] (cargo feature `mpi`) runs under `mpirun`/`srun` over the system's MPI through
 //! the `mpi` crate (rsmpi); every collective is non-blocking and polled against
 //! `train.collective_timeout_s`, so a rank that died or hangs makes the others abort with a
-//! message instead of waiting forever. GPU collectives (NCCL) are designed in [`nccl`] but not
-//! built: there is no GPU here.
+//! message instead of waiting forever. With the feature `nccl` and a CUDA device, gradients are
+//! summed on the GPUs by NCCL instead ([`nccl`], bootstrapped over MPI); everything small stays
+//! on MPI.
 //!
 //! What is reduced, and how, lives next door: [`grads`] (gradients, bucketed) and [`metrics`]
 //! (one rule per metric key).
@@ -16,9 +17,11 @@ pub mod grads;
 pub mod metrics;
 #[cfg(feature = "mpi")]
 mod mpi_world;
+#[cfg(feature = "nccl")]
 pub mod nccl;
 
 use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
 use std::time::Duration;
 
 /// The process group this process trains in.
@@ -40,14 +43,73 @@ pub enum ReduceOp {
 impl Dist {
     /// `Single` unless a launcher started several ranks; then MPI (or an error that says how to
     /// rebuild with MPI). `timeout` bounds every collective.
+    /// `RLP_FORCE_MPI=1` starts MPI (and NCCL) even for a one-rank job, under `mpirun -np 1`
+    /// or with no launcher at all (an MPI singleton), so that a single process exercises every
+    /// collective: a smoke test of the data-parallel path.
     pub fn from_launcher(timeout: Duration) -> Result<Dist> {
-        let Some((var, n)) = launcher_world_size() else {
-            return Ok(Dist::Single);
+        let forced = std::env::var("RLP_FORCE_MPI").is_ok_and(|v| v == "1");
+        let (var, n) = match launcher_world_size() {
+            Some(found) => found,
+            None if forced => ("RLP_FORCE_MPI", 1),
+            None => return Ok(Dist::Single),
         };
-        if n <= 1 {
+        if n <= 1 && !forced {
             return Ok(Dist::Single);
         }
         mpi_dist(var, n, timeout)
+    }
+
+    /// Whether collectives run at all (an MPI job, even of one rank); false for `Single`.
+    pub fn is_distributed(&self) -> bool {
+        !matches!(self, Dist::Single)
+    }
+
+    /// Collective: the device this rank trains on. With the feature `nccl`, under MPI, and a
+    /// CUDA device, sets up the NCCL communicator that gradients are then summed with;
+    /// otherwise changes nothing.
+    #[cfg_attr(not(feature = "nccl"), allow(unused_variables))]
+    pub fn use_device(&self, device: &Device) -> Result<()> {
+        match self {
+            #[cfg(feature = "nccl")]
+            Dist::Mpi(m) if device.is_cuda() && m.nccl.get().is_none() => {
+                let comm = nccl::NcclComm::init(m, device, m.timeout())?;
+                let _ = m.nccl.set(comm);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// How gradients travel between ranks, for the start-up message.
+    pub fn gradient_backend(&self) -> &'static str {
+        match self {
+            Dist::Single => "none (one process)",
+            #[cfg(feature = "nccl")]
+            Dist::Mpi(m) if m.nccl.get().is_some() => "NCCL, on the GPUs",
+            #[cfg(feature = "mpi")]
+            Dist::Mpi(_) => "MPI, through host memory",
+        }
+    }
+
+    /// Element-wise sum over all ranks of an f32 tensor, as a new tensor on its device: by NCCL
+    /// when it is set up for that device, else through host memory and MPI.
+    pub fn all_reduce_tensor(&self, what: &str, t: &Tensor) -> Result<Tensor> {
+        match self {
+            Dist::Single => {
+                let _ = what;
+                Ok(t.clone())
+            }
+            #[cfg(feature = "mpi")]
+            Dist::Mpi(m) => {
+                #[cfg(feature = "nccl")]
+                if let Some(n) = m.nccl.get().filter(|n| n.device().same_device(t.device())) {
+                    return n.all_reduce_sum(what, t, || m.abort(mpi_world::TIMEOUT_EXIT_CODE));
+                }
+                let mut buf = t.flatten_all()?.to_vec1::<f32>()?;
+                m.all_reduce_f32(what, &mut buf)?;
+                Ok(Tensor::from_vec(buf, t.dims(), t.device())?)
+            }
+        }
     }
 
     /// This process's rank, 0 ≤ rank < world.
@@ -164,6 +226,15 @@ pub fn launcher_world_size() -> Option<(&'static str, usize)> {
                 .and_then(|v| v.trim().parse().ok())
                 .map(|n| (var, n))
         })
+}
+
+/// This process's rank among the ranks of its node, from the launcher's environment (Open MPI,
+/// Slurm, MPICH/Intel MPI); 0 when none says so. Picks the GPU of a rank.
+pub fn launcher_local_rank() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 #[cfg(feature = "mpi")]

@@ -23,6 +23,9 @@ pub const TIMEOUT_EXIT_CODE: i32 = 124;
 pub struct MpiWorld {
     world: SimpleCommunicator,
     timeout: Duration,
+    /// The GPU communicator once `Dist::use_device` set it up (dropped before MPI finalizes).
+    #[cfg(feature = "nccl")]
+    pub(super) nccl: std::cell::OnceCell<super::nccl::NcclComm>,
     // Dropped last: finalizes MPI.
     _universe: Universe,
 }
@@ -37,6 +40,8 @@ impl MpiWorld {
         Ok(MpiWorld {
             world,
             timeout,
+            #[cfg(feature = "nccl")]
+            nccl: Default::default(),
             _universe: universe,
         })
     }
@@ -47,6 +52,11 @@ impl MpiWorld {
 
     pub fn world(&self) -> usize {
         self.world.size() as usize
+    }
+
+    /// `train.collective_timeout_s`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn all_reduce_f32(&self, what: &str, buf: &mut [f32]) -> Result<()> {

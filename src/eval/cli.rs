@@ -68,6 +68,9 @@ pub struct EvalArgs {
     /// Rows decoded together.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// cpu, or cuda / cuda:N (needs a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Load the model and tokenizer; grow the embedding when think tokens were added.
@@ -139,6 +142,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalResult> {
     if a.batch == 0 || a.answer_tokens == 0 {
         bail!("--batch and --answer-tokens must be at least 1");
     }
+    let dev = crate::device::open(&a.device)?;
+    let load_model = |path: &Path, add: bool, need: bool| -> Result<(Model, Tok)> {
+        let (m, tok) = load_model(path, add, need)?;
+        Ok((m.to_device(&dev)?, tok))
+    };
     let t0 = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
     let sampling = SamplingParams {

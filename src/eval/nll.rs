@@ -14,7 +14,7 @@ use super::Metrics;
 use crate::model::{target_logprobs, Model};
 use crate::tokenizer::Tok;
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 /// Windows scored per forward.
 const WINDOW_BATCH: usize = 4;
@@ -46,7 +46,7 @@ pub fn nll_eval(model: &Model, tok: &Tok, docs: &[&[u32]], max_context: usize) -
             targets.extend(std::iter::repeat_n(0u32, t - (w.len() - 1)));
         }
         let logits = model.forward_logits(&inputs)?; // [B, T, V]
-        let targets_t = Tensor::from_vec(targets.clone(), (batch.len(), t), &Device::Cpu)?;
+        let targets_t = Tensor::from_vec(targets.clone(), (batch.len(), t), model.device())?;
         let lp = target_logprobs(&logits, &targets_t)?.to_vec2::<f32>()?; // [B, T]
         for (row, w) in lp.iter().zip(batch) {
             for (i, &id) in w[1..].iter().enumerate() {

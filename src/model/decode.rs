@@ -6,13 +6,13 @@ use super::kv_cache::KvCache;
 use super::transformer::{AttnLayout, Model, MASKED};
 use crate::sampling::{self, SamplingParams};
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 
 impl Model {
     pub fn new_cache(&self, batch: usize, cap: usize) -> Result<KvCache> {
         let c = &self.cfg;
-        KvCache::new(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, cap, &Device::Cpu)
+        KvCache::new(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, cap, self.dtype(), self.device())
     }
 
     /// Encode ragged prompts, left-padded to a shared column, into a fresh cache with room for
@@ -45,7 +45,7 @@ impl Model {
                 }
             }
         }
-        let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+        let ids = Tensor::from_vec(ids, (b, t), self.device())?;
         let hidden = self.forward_hidden(&ids, &AttnLayout { positions, mask }, Some(&mut cache))?;
         let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [B, D]
         Ok((self.logits(&last)?, cache))
@@ -58,7 +58,7 @@ impl Model {
             bail!("decode_step got {} tokens for a cache of {b} rows", tokens.len());
         }
         let layout = cache.step_layout(1);
-        let ids = Tensor::from_slice(tokens, (b, 1), &Device::Cpu)?;
+        let ids = Tensor::from_slice(tokens, (b, 1), self.device())?;
         let hidden = self.forward_hidden(&ids, &layout, Some(cache))?;
         for p in cache.next_pos.iter_mut() {
             *p += 1;

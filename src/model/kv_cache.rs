@@ -20,8 +20,9 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(layers: usize, batch: usize, kv_heads: usize, head_dim: usize, cap: usize, dev: &Device) -> Result<Self> {
-        let z = || Tensor::zeros((batch, kv_heads, cap, head_dim), DType::F32, dev);
+    /// Zeroed keys and values in `dtype` (the model's compute dtype) on `dev`.
+    pub fn new(layers: usize, batch: usize, kv_heads: usize, head_dim: usize, cap: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let z = || Tensor::zeros((batch, kv_heads, cap, head_dim), dtype, dev);
         Ok(KvCache {
             k: (0..layers).map(|_| z()).collect::<candle_core::Result<_>>()?,
             v: (0..layers).map(|_| z()).collect::<candle_core::Result<_>>()?,

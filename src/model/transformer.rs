@@ -118,34 +118,21 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y.reshape(out_dims)?)
 }
 
-/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w.
+/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w. The normalisation runs in f32
+/// whatever x's dtype (bf16 compute), then returns to x's dtype before the scale, as
+/// transformers does.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    super::fused::rms_norm(x, w, eps)
-}
-
-/// Move the gradients of `params` from `from` into `into`, adding where `into` already holds one
-/// (a weight used in several places, such as a tied embedding).
-pub fn merge_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
-    for p in params {
-        if let Some(g) = from.remove(p) {
-            let sum = match into.remove(p) {
-                Some(prev) => (prev + g)?,
-                None => g,
-            };
-            into.insert(p, sum);
-        }
+    if x.dtype() == DType::F32 {
+        return super::fused::rms_norm(x, w, eps); // one fused pass on CPU
     }
-    Ok(())
+    let dt = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dt)?;
+    Ok(y.broadcast_mul(w)?)
 }
 
 impl Layer {
-    /// Every weight of the block.
-    fn weights(&self) -> Vec<&Tensor> {
-        let mut w = vec![&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj, &self.input_norm, &self.post_attn_norm];
-        w.extend([&self.q_bias, &self.k_bias, &self.v_bias, &self.o_bias, &self.q_norm, &self.k_norm].into_iter().flatten());
-        w
-    }
-
     /// One pre-norm block. x [B, T, D] -> [B, T, D].
     fn forward(&self, cfg: &Config, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -171,8 +158,9 @@ impl Layer {
         // Group the R query heads of each KV head so K/V need no repeat: [B, KV, R*T, hd].
         let qg = q.reshape((b, kv, r * t, hd))?;
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
-        let scores = scores.reshape((b, h, t, kl))?.broadcast_add(mask)?;
-        let probs = fused::softmax_last_dim(&scores)?;
+        // mask and softmax in f32 whatever the compute dtype (no-ops for f32)
+        let scores = scores.reshape((b, h, t, kl))?.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let probs = fused::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
         let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
         let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
@@ -185,13 +173,22 @@ impl Layer {
 
 impl Model {
     /// Build from tensors keyed by Hugging Face names; every shape is checked against `cfg`.
-    pub fn from_tensors(cfg: Config, mut t: HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+    /// Weights are converted to f32.
+    pub fn from_tensors(cfg: Config, t: HashMap<String, Tensor>, origin: &str) -> Result<Self> {
+        Self::build(cfg, t, origin, Some(DType::F32))
+    }
+
+    /// [`Model::from_tensors`], converting every weight to `dtype` (None: keep each as it is).
+    fn build(cfg: Config, mut t: HashMap<String, Tensor>, origin: &str, dtype: Option<DType>) -> Result<Self> {
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let x = t.remove(name).with_context(|| format!("{origin}: missing tensor `{name}`"))?;
             if x.dims() != shape {
                 bail!("{origin}: tensor `{name}` has shape {:?} but the config implies {:?}", x.dims(), shape);
             }
-            Ok(x.to_dtype(DType::F32)?)
+            Ok(match dtype {
+                Some(d) => x.to_dtype(d)?,
+                None => x,
+            })
         };
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (h, kv, v) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size);
@@ -270,7 +267,25 @@ impl Model {
 
     fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Model> {
         let map: HashMap<String, Tensor> = self.named_tensors().into_iter().map(|(n, t)| Ok((n, f(&t)?))).collect::<Result<_>>()?;
-        Model::from_tensors(self.cfg.clone(), map, "model copy")
+        Model::build(self.cfg.clone(), map, "model copy", None)
+    }
+
+    /// The dtype the model computes in: that of its weights (activations follow it; attention
+    /// softmax and RMSNorm's normalisation run in f32, and logits are returned as f32).
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// The device of the weights; inputs, caches and masks are built there.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Every weight cast to `dtype` (the same model when it already is). The cast is
+    /// differentiable: a bf16 compute copy of `Var`-backed f32 weights sends f32 gradients back
+    /// to the vars (bf16 compute with f32 master weights).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
+        self.map_tensors(|t| Ok(t.to_dtype(dtype)?))
     }
 
     /// A view of the same weights that records no gradient (shares storage: sees in-place updates).
@@ -354,7 +369,8 @@ impl Model {
             }
         }
         let dev = ids.device();
-        let cos_sin = self.rope.cos_sin(&layout.positions, b, t, dev)?;
+        let (cos, sin) = self.rope.cos_sin(&layout.positions, b, t, dev)?;
+        let cos_sin = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?); // no-ops for f32
         let mask = Tensor::from_slice(&layout.mask, (b, 1, t, k), dev)?;
         Ok((cos_sin, mask))
     }
@@ -383,7 +399,9 @@ impl Model {
     /// `checkpointed_backward` with the head left to the caller: `head` gets the last block's
     /// output [B, T, D] (before the final norm) as a `Var` and returns the loss and a
     /// `GradStore` holding the gradients of that var and of the head's weights (final norm,
-    /// lm_head); it may run several backward passes and merge them (a chunked head).
+    /// lm_head); it may run several backward passes and add them up (`GradStore::extend`).
+    /// Gradient stores hold the `Var`s' gradients only (candle drops the intermediate ones), so
+    /// they are merged whole: with a bf16 cast of the weights, the f32 vars get the gradients.
     pub fn checkpointed_backward_from(&self, ids: &Tensor, layout: &AttnLayout, head: impl FnOnce(&Var) -> Result<(Tensor, GradStore)>) -> Result<(Tensor, GradStore)> {
         let (cos_sin, mask) = self.attention_inputs(ids, layout, 0)?;
         let mut inputs = Vec::with_capacity(self.layers.len()); // block inputs, [B, T, D] each
@@ -402,10 +420,9 @@ impl Model {
             let y = layer.forward(&self.cfg, xv.as_tensor(), &cos_sin, &mask, None)?;
             let mut g = (y * &dx)?.sum_all()?.backward()?;
             dx = g.remove(xv.as_tensor()).context("block output does not depend on its input")?;
-            merge_grads(&mut grads, &mut g, &layer.weights())?;
+            grads.extend(g)?; // the block's weight gradients (by var: also through a bf16 cast)
         }
-        let mut g = (self.embed_ids(ids)? * &dx)?.sum_all()?.backward()?;
-        merge_grads(&mut grads, &mut g, &[&self.embed])?;
+        grads.extend((self.embed_ids(ids)? * &dx)?.sum_all()?.backward()?)?; // adds to a tied lm_head's
         Ok((loss, grads))
     }
 
@@ -414,20 +431,16 @@ impl Model {
         rms_norm(x, &self.norm, self.cfg.rms_norm_eps)
     }
 
-    /// The weights of the head: the final norm and the lm_head (the embedding when tied).
-    pub fn head_weights(&self) -> [&Tensor; 2] {
-        [&self.norm, self.lm_head_weight()]
-    }
-
-    /// Logits at every position: hidden [.., D] -> [.., V].
+    /// Logits at every position: hidden [.., D] -> [.., V], always f32 (log-softmax, log-probs
+    /// and losses are taken in f32 whatever the compute dtype).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear(hidden, self.lm_head_weight(), None)
+        Ok(linear(hidden, self.lm_head_weight(), None)?.to_dtype(DType::F32)?)
     }
 
     /// Logits at every position of right-padded rows. Returns [B, T, V] with T = longest row;
     /// positions past a row's end hold garbage.
     pub fn forward_logits(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
-        let (ids, lens, t) = pad_right(rows, &Device::Cpu)?;
+        let (ids, lens, t) = pad_right(rows, self.device())?;
         let layout = AttnLayout::right_padded(&lens, t);
         self.logits(&self.forward_hidden(&ids, &layout, None)?)
     }

@@ -90,7 +90,7 @@ pub fn save_dir(model: &Model, tokenizer: Option<&tokenizers::Tokenizer>, dir: &
     let tensors: Vec<(String, Tensor)> = model
         .named_tensors()
         .into_iter()
-        .map(|(n, t)| Ok((n, t.detach().to_dtype(dtype)?.contiguous()?)))
+        .map(|(n, t)| Ok((n, t.detach().to_device(&Device::Cpu)?.to_dtype(dtype)?.contiguous()?)))
         .collect::<Result<_>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let path = dir.join("model.safetensors");

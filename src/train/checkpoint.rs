@@ -57,7 +57,7 @@ pub fn save(
     let written = (|| -> Result<()> {
         model::weights::save_dir(model, Some(tokenizer), &tmp, DType::F32)?;
         let st = tmp.join(STATE_TENSORS);
-        let tensors: Vec<(String, Tensor)> = state_tensors.into_iter().map(|(n, t)| Ok((n, t.detach().contiguous()?))).collect::<Result<_>>()?;
+        let tensors: Vec<(String, Tensor)> = state_tensors.into_iter().map(|(n, t)| Ok((n, t.detach().to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
         safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &st).with_context(|| format!("cannot write {}", st.display()))?;
         model::weights::write_json(&tmp.join(STATE_JSON), state_json)?;
         fsync_files(&tmp)?;

@@ -18,7 +18,8 @@ use crate::dist::grads::all_reduce_grads;
 use crate::dist::{Dist, ReduceOp};
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::Var;
+use crate::device::DeviceSpec;
+use candle_core::{Device, Var};
 use std::ops::Range;
 
 /// Global indices (in 0..b) of the contexts this rank owns.
@@ -73,9 +74,20 @@ pub fn check_batch_fits_world(cfg: &TrainConfig, world: usize) -> Result<()> {
     Ok(())
 }
 
+/// The device this rank trains on, from `train.device`. Under several ranks a plain "cuda"
+/// means the GPU numbered by the rank's node-local rank (one GPU per rank: `mpirun -np 8` on an
+/// 8-GPU node gives ranks 0..7 GPUs 0..7); "cuda:N" is taken as written.
+pub fn rank_device(name: &str, dist: &Dist) -> Result<Device> {
+    let spec = match DeviceSpec::parse(name)? {
+        DeviceSpec::Cuda(0) if dist.world() > 1 && name.trim() == "cuda" => DeviceSpec::Cuda(crate::dist::launcher_local_rank()),
+        spec => spec,
+    };
+    spec.open()
+}
+
 /// Sum an NTP step's gradient and loss over all ranks, in place.
 pub fn all_reduce_loss_and_grads(dist: &Dist, grads: &mut GradStore, loss: &mut f64, vars: &[Var]) -> Result<()> {
-    if dist.world() == 1 {
+    if !dist.is_distributed() {
         return Ok(());
     }
     all_reduce_grads(dist, grads, vars)?;
@@ -88,7 +100,7 @@ pub fn all_reduce_loss_and_grads(dist: &Dist, grads: &mut GradStore, loss: &mut 
 /// Sum the gradient and the loss statistics of `pg` over all ranks, in place. Afterwards every
 /// rank holds the global gradient, loss, clip counts, entropy, KL and token count.
 pub fn all_reduce_policy_gradient(dist: &Dist, pg: &mut PolicyGradient, vars: &[Var]) -> Result<()> {
-    if dist.world() == 1 {
+    if !dist.is_distributed() {
         return Ok(());
     }
     all_reduce_grads(dist, &mut pg.grads, vars)?;

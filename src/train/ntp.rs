@@ -67,16 +67,17 @@ impl Trainer {
         let t0 = Instant::now();
         let mut acc = GradAccumulator::default();
         let mut loss = 0f64;
+        let policy = self.train_model()?; // f32 vars, or their differentiable bf16 cast
         for chunk in windows.chunks(micro) {
-            let (ids, targets, layout) = window_batch(chunk, no_cross, self.policy.embed.device())?;
+            let (ids, targets, layout) = window_batch(chunk, no_cross, policy.embed.device())?;
             let loss_of = |hidden: &Tensor| -> Result<Tensor> {
-                let logits = self.policy.logits(hidden)?; // [B, T, V]
+                let logits = policy.logits(hidden)?; // [B, T, V]
                 Ok((target_logprobs(&logits, &targets)?.sum_all()?.neg()? / total_targets)?)
             };
             let (l, grads) = if self.cfg.train.grad_checkpoint {
-                self.policy.checkpointed_backward(&ids, &layout, loss_of)?
+                policy.checkpointed_backward(&ids, &layout, loss_of)?
             } else {
-                let l = loss_of(&self.policy.forward_hidden(&ids, &layout, None)?)?;
+                let l = loss_of(&policy.forward_hidden(&ids, &layout, None)?)?;
                 let grads = l.backward()?;
                 (l, grads)
             };

@@ -6,7 +6,6 @@
 //! log p'(x) = log p(x) − log(1 − Σ_{s∈S} p(s)), which is what is computed here, so that the
 //! ratio π_θ / π_θold is exactly 1 on the first PPO epoch up to float rounding.
 
-use crate::model::transformer::merge_grads;
 use crate::model::{AttnLayout, Model};
 use crate::rollout::{RolloutParams, Thought};
 use anyhow::{Context, Result};
@@ -237,13 +236,10 @@ pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &Roll
         let mut grads = loss.backward()?;
         let g = grads.remove(lp_var.as_tensor()).context("the loss does not depend on the log-probs")?; // [M]
         logprobs = Some(ThoughtLogprobs { logp: lp.logp.detach(), ..lp });
-        // Pass 2, with gradient, one chunk at a time.
-        let mut targets: Vec<&Tensor> = model.head_weights().to_vec();
-        targets.push(top.as_tensor());
+        // Pass 2, with gradient, one chunk at a time: adds the head weights' and `top`'s gradients.
         for &(s, c) in &spans {
             let (lp, _) = token_logprobs(model, inp, &model.final_norm(&h.narrow(0, s, c)?)?, s, p, false)?;
-            let mut gc = (lp * g.narrow(0, s, c)?)?.sum_all()?.backward()?;
-            merge_grads(&mut grads, &mut gc, &targets)?;
+            grads.extend((lp * g.narrow(0, s, c)?)?.sum_all()?.backward()?)?;
         }
         Ok((loss, grads))
     })?;

@@ -14,7 +14,7 @@ use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
 use super::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, thought_logprobs, ThoughtLogprobs, ThoughtRow};
 use super::schedule::{LrSchedule, ScheduleKind};
-use crate::config::{Advantage, ObjectiveName, Schedule, TrainConfig};
+use crate::config::{Advantage, Dtype, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
 use crate::data::packer::{Packer, PackerState};
 use crate::data::sampler::{Context, PositionSampler, SamplerState};
@@ -29,7 +29,7 @@ use crate::sampling::SamplingParams;
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context as _, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
@@ -73,6 +73,10 @@ pub struct Trainer {
     pub(crate) shape: ModelShape,
     /// [dist] This process's rank and world; rank 0 alone writes files.
     pub dist: Rc<Dist>,
+    /// Where the weights, moments, EMA teacher and gradients live (`train.device`).
+    pub device: Device,
+    /// The dtype of every forward (`train.compute_dtype`); master weights stay f32.
+    pub compute_dtype: DType,
     pub step: u64,
     pub(crate) nonfinite_streak: usize,
     pub totals: Totals,
@@ -130,6 +134,13 @@ impl Trainer {
         cfg.validate()?;
         super::faults::injected_steps()?; // robustness: a malformed test knob fails here, not mid-run
         dp::check_batch_fits_world(&cfg, dist.world())?; // [dist]
+        // before anything is loaded: a CPU-only build asked for cuda fails here
+        let device = dp::rank_device(&cfg.train.device, &dist)?; // [dist] GPU of the node-local rank
+        dist.use_device(&device)?; // [dist] NCCL on GPUs (feature nccl), collective
+        let compute_dtype = match cfg.train.compute_dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::Bf16 => DType::BF16,
+        };
         let existing = checkpoint::list(run)?;
         if !resume && (!existing.is_empty() || run.join("metrics.jsonl").exists()) {
             bail!("run directory {} already holds a run: pass --resume to continue it, or choose another --out", run.display());
@@ -147,7 +158,7 @@ impl Trainer {
         let eos = tok.eos_ids.first().copied().context("the tokenizer has no end-of-text token (<|endoftext|>, </s>, ...): ntp packing needs one")?;
         let packer = Packer::new(data.train.len(), cfg.train.seed, eos)?;
         let shape = ModelShape::from_config(&policy.cfg);
-        let (policy, vars) = policy.into_vars()?;
+        let (policy, vars) = policy.to_device(&device)?.into_vars()?;
         let o = &cfg.optim;
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay })?;
         let schedule = LrSchedule {
@@ -182,6 +193,8 @@ impl Trainer {
             rollout,
             shape,
             dist,
+            device,
+            compute_dtype,
             step: 0,
             nonfinite_streak: 0,
             totals: Totals::default(),
@@ -222,10 +235,25 @@ impl Trainer {
         self.ema_model()
     }
 
+    /// φ as a model in the compute dtype (a bf16 copy under bf16 compute; no gradient).
     fn ema_model(&self) -> Result<Model> {
         let phi = self.ema.params().context("EMA teacher not initialised")?;
         let map: HashMap<String, Tensor> = self.vars.iter().map(|(n, _)| n.clone()).zip(phi.iter().cloned()).collect();
-        Model::from_tensors(self.policy.cfg.clone(), map, "EMA teacher")
+        Model::from_tensors(self.policy.cfg.clone(), map, "EMA teacher")?.to_dtype(self.compute_dtype)
+    }
+
+    /// θ without gradient, in the compute dtype: what samples, scores and evaluates. Under bf16
+    /// compute this is a bf16 copy made once per call (once per rollout batch), so decoding
+    /// reads half the bytes per step; the training forward casts the same f32 weights the same
+    /// way, so behaviour and policy log-probs agree.
+    pub fn inference_model(&self) -> Result<Model> {
+        self.policy.detached()?.to_dtype(self.compute_dtype)
+    }
+
+    /// θ as the training forward computes with it: the f32 `Var`s themselves, or each cast to
+    /// bf16 (a differentiable cast: gradients reach the f32 master weights as f32).
+    pub fn train_model(&self) -> Result<Model> {
+        self.policy.to_dtype(self.compute_dtype)
     }
 
     /// B contexts for a rollout batch. With an entropy filter (`objective.rpt_entropy_threshold`
@@ -259,7 +287,7 @@ impl Trainer {
     fn filtered_contexts(&self, sampler: &mut PositionSampler, n: usize) -> Result<Vec<Context>> {
         let o = &self.cfg.objective;
         let (threshold, top_frac) = (o.rpt_entropy_threshold.map(|x| x as f32), o.rpt_top_frac.map(|x| x as f32));
-        let model = self.policy.detached()?;
+        let model = self.inference_model()?;
         let batch = self.cfg.data.contexts_per_step.max(n);
         let mut kept = Vec::with_capacity(n);
         for _round in 0..64 {
@@ -322,7 +350,7 @@ impl Trainer {
         let contexts: Vec<Context> = if self.dist.world() > 1 { global_index.iter().map(|&i| all[i].clone()).collect() } else { all };
         let prompts: Vec<Prompt> = contexts.iter().map(|c| Prompt { prefix: &c.prefix, target: c.target }).collect();
         let t0 = Instant::now();
-        let sampler_model = self.policy.detached()?;
+        let sampler_model = self.inference_model()?;
         let seed = self.cfg.train.seed;
         // [dist] keyed by the context's index in the global batch, not in this rank's share
         let mut rngs: Vec<_> = global_index.iter().map(|&i| context_rng(seed, self.step, i as u64)).collect();
@@ -405,13 +433,14 @@ impl Trainer {
         let g = self.rollout.g;
         let obj = &self.cfg.objective;
         let teacher = if obj.kl_coef > 0.0 { Some(self.ema_model()?) } else { None };
+        let policy = self.train_model()?;
         let mut acc = GradAccumulator::default();
         let (mut loss_sum, mut entropy_sum, mut tokens, mut fwd_tokens, mut kl_sum) = (0f64, 0f64, 0usize, 0usize, 0f64);
         let mut stats = SurrogateStats::default();
         for chunk in idx.chunks(micro.max(1)) {
             let rows: Vec<ThoughtRow> = chunk.iter().map(|&k| ThoughtRow { prefix: &batch.contexts[k / g].prefix, thought: &batch.thoughts[k / g][k % g] }).collect();
             let adv: Vec<f32> = chunk.iter().map(|&k| batch.advantages[k]).collect();
-            let adv = Tensor::new(adv.as_slice(), self.policy.embed.device())?;
+            let adv = Tensor::new(adv.as_slice(), &self.device)?;
             let forced_end = self.cfg.rollout.grad_on_forced_end;
             let reference = teacher.as_ref().map(|t| thought_logprobs(t, &rows, &self.rollout, forced_end)).transpose()?;
             // Surrogate (+ KL) of this micro-batch's log-probs; also returns what is logged.
@@ -425,10 +454,10 @@ impl Trainer {
                 }
                 Ok((loss, st, kl_tokens))
             };
-            let inp = thought_inputs(&self.policy, &rows, &self.rollout, forced_end)?;
+            let inp = thought_inputs(&policy, &rows, &self.rollout, forced_end)?;
             let (loss, grads, lp, st, kl_tokens) = if self.cfg.train.grad_checkpoint {
                 let mut logged = None;
-                let (loss, grads, lp) = checkpointed_policy_backward(&self.policy, &inp, &self.rollout, self.cfg.train.logprob_chunk, |lp| {
+                let (loss, grads, lp) = checkpointed_policy_backward(&policy, &inp, &self.rollout, self.cfg.train.logprob_chunk, |lp| {
                     let (loss, st, kl) = loss_of(lp)?;
                     logged = Some((st, kl));
                     Ok(loss)
@@ -436,8 +465,8 @@ impl Trainer {
                 let (st, kl) = logged.context("the policy loss was not computed")?;
                 (loss, grads, lp, st, kl)
             } else {
-                let hidden = self.policy.forward_hidden(&inp.ids, &inp.layout, None)?;
-                let lp = logprobs_from_hidden(&self.policy, &inp, &hidden, &self.rollout)?;
+                let hidden = policy.forward_hidden(&inp.ids, &inp.layout, None)?;
+                let lp = logprobs_from_hidden(&policy, &inp, &hidden, &self.rollout)?;
                 let (loss, st, kl) = loss_of(&lp)?;
                 let grads = loss.backward()?;
                 (loss, grads, lp, st, kl)
@@ -491,10 +520,15 @@ impl Trainer {
     pub fn run(&mut self) -> Result<()> {
         if self.dist.is_root() {
             println!("{}", self.cfg.batch_arithmetic());
-            if self.dist.world() > 1 {
+            if self.dist.is_distributed() {
+                println!("data parallel: gradients summed by {}", self.dist.gradient_backend());
                 let unit = if self.cfg.objective.name == ObjectiveName::Ntp { "packed windows" } else { "contexts" };
                 let n = if self.cfg.objective.name == ObjectiveName::Ntp { self.cfg.ntp_windows_per_step() } else { self.cfg.data.contexts_per_step };
                 println!("data parallel: {} ranks, each trains about {} of the {n} {unit} per step", self.dist.world(), n / self.dist.world());
+            }
+            println!("device: {}; compute dtype: {} (master weights, AdamW moments and EMA teacher f32)", self.cfg.train.device, format!("{:?}", self.compute_dtype).to_lowercase());
+            if self.device.is_cpu() && self.compute_dtype == DType::BF16 {
+                eprintln!("note: train.compute_dtype = \"bf16\" on the CPU is correct but slower than f32 (candle's CPU matmul widens bf16 to f32); it is meant for GPUs");
             }
             println!(
                 "objective: {:?}; model: {} ({} params); corpus: {} training docs, {} held out, {} skipped as too short",
@@ -674,7 +708,7 @@ impl Trainer {
         if every == 0 || self.step % every != 0 || self.data.heldout.is_empty() {
             return Ok(None);
         }
-        let model = self.policy.detached()?;
+        let model = self.inference_model()?;
         let docs = &self.data.heldout;
         let refs: Vec<&[u32]> = (0..docs.len().min(8)).map(|i| docs.tokens(i)).collect();
         let nll = crate::eval::nll_eval(&model, &self.tok, &refs, self.cfg.data.max_context)?;
@@ -797,7 +831,7 @@ impl Trainer {
             if t.dims() != var.dims() {
                 bail!("checkpoint {}: tensor `{name}` has shape {:?}, the model has {:?}", dir.display(), t.dims(), var.dims());
             }
-            var.set(t)?;
+            var.set(&t.to_device(var.device())?)?;
         }
         let (tensors, state) = checkpoint::load_state(dir)?;
         let step = state["step"].as_u64().with_context(|| format!("{}: trainer_state.json has no step", dir.display()))?;
