@@ -278,7 +278,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
             // forward and backward are interleaved: all of it is counted as backward
             t1 = Instant::now();
             let loss_of = |lp: &ThoughtLogprobs| Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0);
-            grads = Some(checkpointed_policy_backward(&policy, &inp, &p, a.logprob_chunk, loss_of)?.1);
+            grads = Some(checkpointed_policy_backward(&policy, &inp, &p, &var_list.iter().map(|v| v.as_tensor()).collect::<Vec<_>>(), a.logprob_chunk, loss_of)?.1);
             fwd_rss = fwd_rss.max(peak_rss_mib());
         } else {
             let loss = loss_of(&policy.forward_hidden(&inp.ids, &inp.layout, None)?)?;

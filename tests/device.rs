@@ -137,7 +137,8 @@ fn bf16_compute_with_gradient_checkpointing_gives_the_plain_gradients() {
     let layout = AttnLayout::right_padded(&lens, t);
     let loss_of = |hidden: &Tensor| -> anyhow::Result<Tensor> { Ok(candle_nn::ops::log_softmax(&bf16.logits(hidden)?, 2)?.mean_all()?) };
     let plain = loss_of(&bf16.forward_hidden(&ids, &layout, None).unwrap()).unwrap().backward().unwrap();
-    let (_, ckpt) = bf16.checkpointed_backward(&ids, &layout, loss_of).unwrap();
+    let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
+    let (_, ckpt) = bf16.checkpointed_backward(&ids, &layout, &params, loss_of).unwrap();
     for (name, var) in &vars {
         let want = plain.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no plain gradient"));
         let got = ckpt.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no checkpointed gradient through the bf16 cast"));

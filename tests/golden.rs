@@ -74,7 +74,7 @@ fn check_greedy(name: &str) {
 
 /// Mean next-token loss of one row and its gradients, by plain backward or by
 /// `Model::checkpointed_backward` (gradient checkpointing per block).
-fn loss_and_grads(m: &Model, ids: &[u32], checkpointed: bool) -> (Tensor, GradStore) {
+fn loss_and_grads(m: &Model, params: &[&Tensor], ids: &[u32], checkpointed: bool) -> (Tensor, GradStore) {
     let n = ids.len() - 1;
     let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
     let loss_of = |hidden: &Tensor| -> anyhow::Result<Tensor> {
@@ -84,7 +84,7 @@ fn loss_and_grads(m: &Model, ids: &[u32], checkpointed: bool) -> (Tensor, GradSt
     let row = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let layout = AttnLayout::right_padded(&[ids.len()], ids.len());
     if checkpointed {
-        m.checkpointed_backward(&row, &layout, loss_of).unwrap()
+        m.checkpointed_backward(&row, &layout, params, loss_of).unwrap()
     } else {
         let loss = loss_of(&m.forward_hidden(&row, &layout, None).unwrap()).unwrap();
         let grads = loss.backward().unwrap();
@@ -97,7 +97,8 @@ fn check_grads(name: &str, checkpointed: bool) {
     let (m, vars) = m.into_vars().unwrap();
     let k = g["grad"]["input_index"].as_u64().unwrap() as usize;
     let ids = ids(&g["inputs"][k]);
-    let (loss, grads) = loss_and_grads(&m, &ids, checkpointed);
+    let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
+    let (loss, grads) = loss_and_grads(&m, &params, &ids, checkpointed);
     let want_loss = g["grad"]["loss"].as_f64().unwrap();
     let got_loss = loss.to_scalar::<f32>().unwrap() as f64;
     assert!((got_loss - want_loss).abs() / want_loss.abs() < 1e-4, "{name}: loss {got_loss} vs {want_loss}");
@@ -161,12 +162,17 @@ fn check_checkpointed_batch(name: &str) {
     let loss_of = |hidden: &Tensor| -> anyhow::Result<Tensor> { Ok((candle_nn::ops::log_softmax(&m.logits(hidden)?, candle_core::D::Minus1)? * &w)?.sum_all()?) };
     let plain = loss_of(&m.forward_hidden(&row_ids, &layout, None).unwrap()).unwrap();
     let plain_grads = plain.backward().unwrap();
-    let (ckpt, ckpt_grads) = m.checkpointed_backward(&row_ids, &layout, loss_of).unwrap();
+    let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
+    let (ckpt, ckpt_grads) = m.checkpointed_backward(&row_ids, &layout, &params, loss_of).unwrap();
+    // Only the weights' gradients, as plain tensors: any other entry (candle stores gradients
+    // for constant operands too) could hold a block's graph alive for the rest of the step.
+    assert!(ckpt_grads.get_ids().count() <= vars.len() + 1, "{name}: the checkpointed gradient store holds more than the weights");
     let (a, b) = (plain.to_scalar::<f32>().unwrap(), ckpt.to_scalar::<f32>().unwrap());
     assert!((a - b).abs() <= 1e-6 * a.abs(), "{name}: loss {a} vs checkpointed {b}");
     for (pname, var) in &vars {
         let x = plain_grads.get(var.as_tensor()).unwrap();
         let y = ckpt_grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no checkpointed gradient for {pname}"));
+        assert!(!y.track_op(), "{name}: the checkpointed gradient of {pname} carries a graph");
         let l2 = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
         let rel = l2(&(x - y).unwrap()) / l2(x).max(1e-30);
         assert!(rel < 1e-5, "{name}: {pname} checkpointed gradient differs by {rel:e} relative");

@@ -132,6 +132,30 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(y.broadcast_mul(w)?)
 }
 
+/// Move the gradients of `params` from `from` into `into`, adding where `into` already holds
+/// one (a tied embedding, or several backward passes). Only these are taken: candle's backward
+/// also stores a gradient for every constant operand of a binary op (the g in Σ block(x) ⊙ g,
+/// a broadcast mask), some built from tracked activations, which would keep a block's whole
+/// graph alive if the store were kept.
+pub fn take_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
+    for p in params {
+        if let Some(g) = from.remove(p) {
+            let sum = match into.remove(p) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            into.insert(p, sum);
+        }
+    }
+    Ok(())
+}
+
+/// A gradient store with nothing in it that matters (candle has no public constructor: the
+/// backward of an untracked scalar holds only that scalar's own unit gradient).
+pub fn empty_grad_store(dev: &Device) -> Result<GradStore> {
+    Ok(Tensor::zeros((), DType::F32, dev)?.backward()?)
+}
+
 impl Layer {
     /// One pre-norm block. x [B, T, D] -> [B, T, D].
     fn forward(&self, cfg: &Config, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
@@ -381,15 +405,15 @@ impl Model {
         Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
     }
 
-    /// `loss_of(forward_hidden(ids))` and its gradient with respect to every weight, with
-    /// gradient checkpointing per block: the forward keeps only each block's input [B, T, D];
-    /// the backward recomputes one block at a time from its input and back-propagates the
-    /// incoming gradient g through it as ∂(Σ block(x) ⊙ g)/∂(x, weights). Peak memory is one
-    /// block's activations plus the head's instead of every block's, for one extra forward.
-    /// Gradients equal `loss_of(forward_hidden(ids)).backward()` up to float rounding (tested).
-    /// The model's weights must be `Var`s (see `into_vars`).
-    pub fn checkpointed_backward(&self, ids: &Tensor, layout: &AttnLayout, loss_of: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<(Tensor, GradStore)> {
-        self.checkpointed_backward_from(ids, layout, |top| {
+    /// `loss_of(forward_hidden(ids))` and its gradient with respect to `params` (the `Var`s the
+    /// weights are, or are cast from), with gradient checkpointing per block: the forward keeps
+    /// only each block's input [B, T, D]; the backward recomputes one block at a time from its
+    /// input and back-propagates the incoming gradient g through it as
+    /// ∂(Σ block(x) ⊙ g)/∂(x, weights). Peak memory is one block's activations plus the head's
+    /// instead of every block's, for one extra forward. Gradients equal
+    /// `loss_of(forward_hidden(ids)).backward()` up to float rounding (tested).
+    pub fn checkpointed_backward(&self, ids: &Tensor, layout: &AttnLayout, params: &[&Tensor], loss_of: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<(Tensor, GradStore)> {
+        self.checkpointed_backward_from(ids, layout, params, |top| {
             let loss = loss_of(&self.final_norm(top.as_tensor())?)?;
             let grads = loss.backward()?;
             Ok((loss, grads))
@@ -399,10 +423,8 @@ impl Model {
     /// `checkpointed_backward` with the head left to the caller: `head` gets the last block's
     /// output [B, T, D] (before the final norm) as a `Var` and returns the loss and a
     /// `GradStore` holding the gradients of that var and of the head's weights (final norm,
-    /// lm_head); it may run several backward passes and add them up (`GradStore::extend`).
-    /// Gradient stores hold the `Var`s' gradients only (candle drops the intermediate ones), so
-    /// they are merged whole: with a bf16 cast of the weights, the f32 vars get the gradients.
-    pub fn checkpointed_backward_from(&self, ids: &Tensor, layout: &AttnLayout, head: impl FnOnce(&Var) -> Result<(Tensor, GradStore)>) -> Result<(Tensor, GradStore)> {
+    /// lm_head); it may run several backward passes and add them up (see `take_grads`).
+    pub fn checkpointed_backward_from(&self, ids: &Tensor, layout: &AttnLayout, params: &[&Tensor], head: impl FnOnce(&Var) -> Result<(Tensor, GradStore)>) -> Result<(Tensor, GradStore)> {
         let (cos_sin, mask) = self.attention_inputs(ids, layout, 0)?;
         let mut inputs = Vec::with_capacity(self.layers.len()); // block inputs, [B, T, D] each
         let mut x = self.embed_ids(ids)?.detach();
@@ -412,17 +434,21 @@ impl Model {
         }
         let top = Var::from_tensor(&x)?;
         drop(x);
-        let (loss, mut grads) = head(&top)?;
-        let mut dx = grads.remove(top.as_tensor()).context("the loss does not depend on the hidden states")?;
+        let (loss, mut head_grads) = head(&top)?;
+        let mut grads = empty_grad_store(ids.device())?;
+        take_grads(&mut grads, &mut head_grads, params)?;
+        let mut dx = head_grads.remove(top.as_tensor()).context("the loss does not depend on the hidden states")?;
+        drop(head_grads);
         for (layer, x) in self.layers.iter().zip(inputs).rev() {
             let xv = Var::from_tensor(&x)?;
             drop(x);
             let y = layer.forward(&self.cfg, xv.as_tensor(), &cos_sin, &mask, None)?;
             let mut g = (y * &dx)?.sum_all()?.backward()?;
             dx = g.remove(xv.as_tensor()).context("block output does not depend on its input")?;
-            grads.extend(g)?; // the block's weight gradients (by var: also through a bf16 cast)
+            take_grads(&mut grads, &mut g, params)?;
         }
-        grads.extend((self.embed_ids(ids)? * &dx)?.sum_all()?.backward()?)?; // adds to a tied lm_head's
+        let mut g = (self.embed_ids(ids)? * &dx)?.sum_all()?.backward()?;
+        take_grads(&mut grads, &mut g, params)?; // adds to a tied lm_head's
         Ok((loss, grads))
     }
 

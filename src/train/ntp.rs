@@ -75,7 +75,7 @@ impl Trainer {
                 Ok((target_logprobs(&logits, &targets)?.sum_all()?.neg()? / total_targets)?)
             };
             let (l, grads) = if self.cfg.train.grad_checkpoint {
-                policy.checkpointed_backward(&ids, &layout, loss_of)?
+                policy.checkpointed_backward(&ids, &layout, &self.var_tensors(), loss_of)?
             } else {
                 let l = loss_of(&policy.forward_hidden(&ids, &layout, None)?)?;
                 let grads = l.backward()?;

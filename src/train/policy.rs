@@ -6,6 +6,7 @@
 //! log p'(x) = log p(x) − log(1 − Σ_{s∈S} p(s)), which is what is computed here, so that the
 //! ratio π_θ / π_θold is exactly 1 on the first PPO epoch up to float rounding.
 
+use crate::model::transformer::{empty_grad_store, take_grads};
 use crate::model::{AttnLayout, Model};
 use crate::rollout::{RolloutParams, Thought};
 use anyhow::{Context, Result};
@@ -213,10 +214,10 @@ fn assemble(inp: &ThoughtInputs, lp_tok: &Tensor, entropy_sum: f64) -> Result<Th
 /// g = ∂loss/∂lp [M]; then with gradient, back-propagating Σ lp ⊙ g chunk by chunk. The loss may
 /// be any function of the log-probs (the clipped surrogate, the KL term). Returns the loss, the
 /// gradients, and the log-probs (detached) for logging.
-pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &RolloutParams, chunk: usize, loss_of: impl FnOnce(&ThoughtLogprobs) -> Result<Tensor>) -> Result<(Tensor, GradStore, ThoughtLogprobs)> {
+pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &RolloutParams, params: &[&Tensor], chunk: usize, loss_of: impl FnOnce(&ThoughtLogprobs) -> Result<Tensor>) -> Result<(Tensor, GradStore, ThoughtLogprobs)> {
     let chunk = chunk.max(1);
     let mut logprobs = None;
-    let (loss, grads) = model.checkpointed_backward_from(&inp.ids, &inp.layout, |top| {
+    let (loss, grads) = model.checkpointed_backward_from(&inp.ids, &inp.layout, params, |top| {
         let dev = top.device().clone();
         let (n, t_max, d) = (inp.trained.len(), top.dim(1)?, model.cfg.hidden_size);
         let h = top.as_tensor().reshape((n * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D], pre-norm
@@ -233,13 +234,15 @@ pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &Roll
         let lp_var = Var::from_tensor(&Tensor::cat(&parts, 0)?)?; // [M]
         let lp = assemble(inp, lp_var.as_tensor(), entropy_sum)?;
         let loss = loss_of(&lp)?;
-        let mut grads = loss.backward()?;
-        let g = grads.remove(lp_var.as_tensor()).context("the loss does not depend on the log-probs")?; // [M]
+        let g = loss.backward()?.remove(lp_var.as_tensor()).context("the loss does not depend on the log-probs")?; // [M]
         logprobs = Some(ThoughtLogprobs { logp: lp.logp.detach(), ..lp });
-        // Pass 2, with gradient, one chunk at a time: adds the head weights' and `top`'s gradients.
+        // Pass 2, with gradient, one chunk at a time: the head weights' and `top`'s gradients.
+        let mut keep = params.to_vec();
+        keep.push(top.as_tensor());
+        let mut grads = empty_grad_store(&dev)?;
         for &(s, c) in &spans {
             let (lp, _) = token_logprobs(model, inp, &model.final_norm(&h.narrow(0, s, c)?)?, s, p, false)?;
-            grads.extend((lp * g.narrow(0, s, c)?)?.sum_all()?.backward()?)?;
+            take_grads(&mut grads, &mut (lp * g.narrow(0, s, c)?)?.sum_all()?.backward()?, &keep)?;
         }
         Ok((loss, grads))
     })?;

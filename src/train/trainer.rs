@@ -227,6 +227,11 @@ impl Trainer {
         self.vars.iter().map(|(_, v)| v.clone()).collect()
     }
 
+    /// The trained weights (f32 master `Var`s) as tensors, the keys of their gradients.
+    pub(crate) fn var_tensors(&self) -> Vec<&Tensor> {
+        self.vars.iter().map(|(_, v)| v.as_tensor()).collect()
+    }
+
     /// The EMA teacher φ as a model (detached). Initialised from θ on first use.
     fn teacher(&mut self) -> Result<Model> {
         if !self.ema.is_initialized() {
@@ -457,7 +462,7 @@ impl Trainer {
             let inp = thought_inputs(&policy, &rows, &self.rollout, forced_end)?;
             let (loss, grads, lp, st, kl_tokens) = if self.cfg.train.grad_checkpoint {
                 let mut logged = None;
-                let (loss, grads, lp) = checkpointed_policy_backward(&policy, &inp, &self.rollout, self.cfg.train.logprob_chunk, |lp| {
+                let (loss, grads, lp) = checkpointed_policy_backward(&policy, &inp, &self.rollout, &self.var_tensors(), self.cfg.train.logprob_chunk, |lp| {
                     let (loss, st, kl) = loss_of(lp)?;
                     logged = Some((st, kl));
                     Ok(loss)
