@@ -269,19 +269,17 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     for _ in 0..reps.max(1) + WARMUP {
         let t0 = Instant::now();
         let inp = thought_inputs(&policy, &rows, &p, false)?;
-        let loss_of = |hidden: &Tensor| -> Result<Tensor> {
-            let lp = logprobs_from_hidden(&policy, &inp, hidden, &p)?;
-            Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0)
-        };
+        let surrogate = |lp: &ThoughtLogprobs| Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0);
         let t1;
         if a.grad_checkpoint {
             // forward and backward are interleaved: all of it is counted as backward
             t1 = Instant::now();
-            let loss_of = |lp: &ThoughtLogprobs| Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0);
-            grads = Some(checkpointed_policy_backward(&policy, &inp, &p, &var_list.iter().map(|v| v.as_tensor()).collect::<Vec<_>>(), a.logprob_chunk, loss_of)?.1);
+            let params: Vec<&Tensor> = var_list.iter().map(|v| v.as_tensor()).collect();
+            grads = Some(checkpointed_policy_backward(&policy, &inp, &p, &params, a.logprob_chunk, surrogate)?.1);
             fwd_rss = fwd_rss.max(peak_rss_mib());
         } else {
-            let loss = loss_of(&policy.forward_hidden(&inp.ids, &inp.layout, None)?)?;
+            let hidden = policy.forward_hidden(&inp.ids, &inp.layout, None)?;
+            let loss = surrogate(&logprobs_from_hidden(&policy, &inp, &hidden, &p)?)?;
             loss.to_scalar::<f32>()?;
             t1 = Instant::now();
             fwd_rss = fwd_rss.max(peak_rss_mib());
