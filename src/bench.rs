@@ -12,6 +12,7 @@ use crate::objective::rlp::{clipped_surrogate, group_advantages, info_gain_rewar
 use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
 use crate::sampling::SamplingParams;
 use crate::train::ema::EmaTeacher;
+use crate::train::trainer::GradAccumulator;
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::train::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, ThoughtLogprobs, ThoughtRow};
 use anyhow::Result;
@@ -283,7 +284,9 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
             loss.to_scalar::<f32>()?;
             t1 = Instant::now();
             fwd_rss = fwd_rss.max(peak_rss_mib());
-            grads = Some(loss.backward()?);
+            let mut acc = GradAccumulator::default(); // keeps only the weights' gradients, as the trainer does
+            acc.add(loss.backward()?, &vars)?;
+            grads = Some(acc.finish()?);
         }
         fwd.push((t1 - t0).as_secs_f64());
         bwd.push(t1.elapsed().as_secs_f64());

@@ -103,6 +103,7 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
     logprobs_from_hidden(model, &inp, &hidden, p)
 }
 
+/// The padded input rows and the trained tokens' bookkeeping for `rows` (no forward yet).
 pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtInputs> {
     let dev = model.embed.device().clone();
     let n = rows.len();

@@ -14,6 +14,7 @@ use super::ema::EmaTeacher;
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
 use super::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, thought_logprobs, ThoughtLogprobs, ThoughtRow};
 use super::schedule::{LrSchedule, ScheduleKind};
+use crate::model::transformer::{empty_grad_store, take_grads};
 use crate::config::{Advantage, Dtype, ObjectiveName, Schedule, TrainConfig};
 use crate::data::corpus::{Corpus, TokenizedCorpus};
 use crate::data::packer::{Packer, PackerState};
@@ -903,22 +904,16 @@ pub(crate) struct GradAccumulator {
 }
 
 impl GradAccumulator {
-    pub fn add(&mut self, g: GradStore, vars: &[(String, Var)]) -> Result<()> {
-        match &mut self.acc {
-            None => self.acc = Some(g),
-            Some(acc) => {
-                for (_, v) in vars {
-                    if let Some(x) = g.get(v.as_tensor()) {
-                        let sum = match acc.get(v.as_tensor()) {
-                            Some(a) => (a + x)?,
-                            None => x.clone(),
-                        };
-                        acc.insert(v.as_tensor(), sum);
-                    }
-                }
-            }
+    /// Adds the vars' gradients of one backward pass. Nothing else of the store is kept: its
+    /// gradients of constant operands (advantages, masks) are built from tracked tensors and
+    /// would hold the micro-batch's whole forward graph alive (see `take_grads`).
+    pub fn add(&mut self, mut g: GradStore, vars: &[(String, Var)]) -> Result<()> {
+        let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
+        if self.acc.is_none() {
+            let dev = params.first().context("no trainable weights")?.device();
+            self.acc = Some(empty_grad_store(dev)?);
         }
-        Ok(())
+        take_grads(self.acc.as_mut().expect("set above"), &mut g, &params)
     }
 
     pub fn finish(self) -> Result<GradStore> {
