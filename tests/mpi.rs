@@ -1,10 +1,14 @@
 //! Data parallelism under a real `mpirun` (cargo feature `mpi`; Open MPI from
-//! scripts/setup-mpi.sh): two ranks train the weights one process trains, resume works across
-//! world sizes, and a hung or killed rank ends the job instead of leaving the other waiting.
+//! scripts/setup-mpi.sh) and a real `srun`: two ranks train the weights one process trains,
+//! resume works across world sizes, and a hung or killed rank ends the job instead of leaving
+//! the other waiting.
 //!
 //! Runs a private copy of the `rlp` binary of this build (or `$RLP_TEST_BIN`), as the target
-//! directory may be shared with other builds that replace it; `mpirun` must be on the PATH (the test installs
-//! nothing). As root, `--allow-run-as-root`; `--oversubscribe` lets 2 ranks share fewer cores.
+//! directory may be shared with other builds that replace it; `mpirun` must be on the PATH (the
+//! test installs nothing). As root, `--allow-run-as-root`; `--oversubscribe` lets 2 ranks share
+//! fewer cores. The `srun` tests need a Slurm cluster of two nodes and `SLURM_CONF` naming it:
+//! `scripts/slurm-local.sh start --nodes 2` makes one on this machine (each node its own network
+//! namespace and host name, so the ranks talk TCP as on a cluster); scripts/test.sh starts it.
 #![cfg(feature = "mpi")]
 
 use rlp::model;
@@ -82,17 +86,64 @@ fn check(what: &str, out: std::process::Output) {
     );
 }
 
+/// How the ranks of a job are started.
+#[derive(Clone, Copy, Debug)]
+enum Launcher {
+    Mpirun,
+    Srun,
+}
+
+/// `srun --mpi=pmix` on the Slurm cluster `SLURM_CONF` names: `np` tasks, one per node.
+fn srun(np: usize, args: &[String]) -> Command {
+    let start = "start one with `scripts/slurm-local.sh start --nodes 2` and export \
+                 SLURM_CONF=/tmp/rlp-slurm/slurm.conf";
+    assert!(std::env::var_os("SLURM_CONF").is_some(), "SLURM_CONF is not set: {start}");
+    // one line per node: "NAME STATE"; other tests' steps may be running (mix, alloc)
+    let sinfo = Command::new("sinfo").args(["-h", "-N", "-o", "%N %t"]).output();
+    let Ok(sinfo) = sinfo else {
+        panic!("sinfo not found: {start}")
+    };
+    let nodes = String::from_utf8_lossy(&sinfo.stdout).to_string();
+    let up = nodes
+        .lines()
+        .filter(|l| l.ends_with(" idle") || l.ends_with(" mix") || l.ends_with(" alloc"))
+        .count();
+    assert!(
+        sinfo.status.success() && up >= np,
+        "the Slurm cluster should have {np} nodes up, sinfo says:\n{nodes}{}\n{start}",
+        String::from_utf8_lossy(&sinfo.stderr).trim()
+    );
+    let np = np.to_string();
+    let mut c = Command::new("srun");
+    c.args(["--mpi=pmix", "-N", &np, "-n", &np, "--ntasks-per-node=1", &rlp()])
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+fn launch(launcher: Launcher, np: usize, args: &[String]) -> Command {
+    match launcher {
+        Launcher::Mpirun => mpirun(np, args),
+        Launcher::Srun => srun(np, args),
+    }
+}
+
 /// `rlp train` in one process (`np` = 1) or under `mpirun -np np`.
 fn train(np: usize, run: &Path, sets: &[&str]) {
+    train_on(Launcher::Mpirun, np, run, sets)
+}
+
+/// `rlp train` in one process (`np` = 1) or as `np` ranks started by `launcher`.
+fn train_on(launcher: Launcher, np: usize, run: &Path, sets: &[&str]) {
     let args = train_args(run, sets);
     let out = if np == 1 {
         Command::new(rlp()).args(&args).output()
     } else {
-        mpirun(np, &args).output()
+        launch(launcher, np, &args).output()
     };
     let out = out.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    check(&format!("rlp train on {np} rank(s)"), out);
+    check(&format!("rlp train on {np} rank(s) ({launcher:?})"), out);
     if np > 1 {
         let banner = format!("data parallel: {np} ranks");
         assert!(
@@ -157,13 +208,17 @@ const STRICT: [&str; 4] = [
     "optim.lr=1e-3",
 ];
 
-/// Train 4 steps on 1 and on 2 ranks; check rank 0's logs; return the worst relative
-/// difference of the weights.
+/// Train 4 steps on 1 and on 2 ranks (started by `mpirun`); check rank 0's logs; return the
+/// worst relative difference of the weights.
 fn one_vs_two_ranks(sets: &[&str]) -> f64 {
+    one_vs_two_ranks_on(Launcher::Mpirun, sets)
+}
+
+fn one_vs_two_ranks_on(launcher: Launcher, sets: &[&str]) -> f64 {
     let sets = [&["train.steps=4"][..], sets].concat();
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     train(1, one.path(), &sets);
-    train(2, two.path(), &sets);
+    train_on(launcher, 2, two.path(), &sets);
     let (m1, m2) = (metrics(one.path()), metrics(two.path()));
     assert_eq!(m1.len(), 4);
     assert_eq!(m2.len(), 4, "rank 0 alone writes metrics: one line per step");
@@ -251,6 +306,14 @@ fn two_ranks_train_the_weights_one_process_trains() {
     }
 }
 
+/// `srun -N 2 --mpi=pmix` on two nodes: the same weights as one process, through TCP between
+/// the nodes instead of shared memory.
+#[test]
+fn two_srun_tasks_on_two_nodes_train_the_weights_one_process_trains() {
+    let rel = one_vs_two_ranks_on(Launcher::Srun, &STRICT);
+    assert!(rel <= 1e-6, "srun: weights differ by {rel:e} relative");
+}
+
 #[test]
 fn two_ranks_match_one_process_to_float_rounding_on_ragged_contexts() {
     // With prefixes of different lengths the batched decode pads to a batch-dependent width,
@@ -329,12 +392,16 @@ fn resume_works_on_the_same_and_on_another_world_size() {
     }
 }
 
-/// Start a long 2-rank run and wait until rank 0 has logged `steps` steps.
+/// Start a long 2-rank run and wait until rank 0 has logged 2 steps.
 fn start_long_run(run: &Path, timeout_s: u32, log: &Path) -> Child {
+    start_long_run_on(Launcher::Mpirun, run, timeout_s, log)
+}
+
+fn start_long_run_on(launcher: Launcher, run: &Path, timeout_s: u32, log: &Path) -> Child {
     let timeout = format!("train.collective_timeout_s={timeout_s}");
     let args = train_args(run, &["train.steps=100000", &timeout]);
     let log = std::fs::File::create(log).unwrap();
-    let child = mpirun(2, &args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let child = launch(launcher, 2, &args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |s| s.lines().count()) < 2 {
         assert!(Instant::now() < deadline, "the 2-rank run logged no steps within 120 s");
@@ -344,9 +411,9 @@ fn start_long_run(run: &Path, timeout_s: u32, log: &Path) -> Child {
 }
 
 /// The pid of rank `rank` of the job writing to `run`, found through /proc (Open MPI sets
-/// OMPI_COMM_WORLD_RANK in each rank's environment).
+/// OMPI_COMM_WORLD_RANK in each rank's environment, Slurm SLURM_PROCID).
 fn rank_pid(run: &Path, rank: usize) -> u32 {
-    let want_env = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let want_env = [format!("OMPI_COMM_WORLD_RANK={rank}"), format!("SLURM_PROCID={rank}")];
     let want_arg = run.display().to_string();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -359,7 +426,8 @@ fn rank_pid(run: &Path, rank: usize) -> u32 {
             continue;
         };
         let has = |blob: &[u8], s: &str| blob.split(|&b| b == 0).any(|x| x == s.as_bytes());
-        if has(&cmd, &want_arg) && has(&env, &want_env) && !has(&cmd, "--allow-run-as-root") {
+        let launcher = has(&cmd, "--allow-run-as-root") || has(&cmd, "--mpi=pmix");
+        if has(&cmd, &want_arg) && want_env.iter().any(|e| has(&env, e)) && !launcher {
             return pid;
         }
     }
@@ -389,11 +457,29 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn a_hung_rank_makes_the_other_abort_with_the_timeout_message() {
+    hung_rank_aborts_the_job(Launcher::Mpirun);
+}
+
+/// The same under `srun` on two nodes (network namespaces of scripts/slurm-local.sh): rank 1 is
+/// on the other node, so rank 0 waits on the network, and Slurm must end the step.
+#[test]
+fn a_hung_srun_task_on_another_node_makes_the_job_abort_with_the_timeout_message() {
+    hung_rank_aborts_the_job(Launcher::Srun);
+}
+
+fn hung_rank_aborts_the_job(launcher: Launcher) {
     let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let log = logs.path().join("stderr.txt");
     let timeout_s = 3;
-    let mut job = start_long_run(run.path(), timeout_s, &log);
+    let mut job = start_long_run_on(launcher, run.path(), timeout_s, &log);
     let rank1 = rank_pid(run.path(), 1);
+    if let Launcher::Srun = launcher {
+        let ns = |pid: u32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+        let rank0 = rank_pid(run.path(), 0);
+        for kind in ["net", "uts"] {
+            assert_ne!(ns(rank0, kind), ns(rank1, kind), "the two tasks should run on two nodes ({kind} namespaces)");
+        }
+    }
     signal(rank1, "-STOP"); // hangs: alive, but never reaches the next collective
     let stopped = Instant::now();
     let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
@@ -415,7 +501,7 @@ fn a_hung_rank_makes_the_other_abort_with_the_timeout_message() {
         waited >= Duration::from_secs(timeout_s as u64 - 1),
         "aborted after {waited:?}, before the timeout"
     );
-    eprintln!("hung rank: job ended {waited:.1?} after rank 1 stopped (timeout {timeout_s} s)");
+    eprintln!("hung rank ({launcher:?}): job ended {waited:.1?} after rank 1 stopped (timeout {timeout_s} s)");
 }
 
 #[test]
