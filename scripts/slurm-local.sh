@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway Slurm cluster on this machine, to run `srun` launches of rlp for real (tests/mpi.rs
-# runs its srun tests against it). Debian's Slurm 22.05 and MUNGE; root only (it starts daemons
-# and, for several nodes, network namespaces).
+# runs its srun tests against it). Debian's Slurm 22.05 and MUNGE; as root, or through sudo (it
+# installs packages and starts daemons and, for several nodes, network namespaces). Jobs run as
+# whoever calls srun.
 #
 #   scripts/slurm-local.sh start [--nodes N]   install if missing, start munged, slurmctld and
 #                                              one slurmd per node; prints the SLURM_CONF to export
@@ -23,6 +24,10 @@ PORT_SLURMD=16818
 NODE_TMP=/var/tmp/rlp-slurm-node
 
 die() { echo "error: slurm-local: $*" >&2; exit 1; }
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "must run as root, or with sudo available (it starts daemons and namespaces)"
+    exec sudo RLP_SLURM_DIR="$DIR" bash "$0" "$@"
+fi
 trap 'echo "error: slurm-local: failed at line $LINENO: $BASH_COMMAND (logs in $DIR/log)" >&2' ERR
 
 install_if_missing() {
@@ -77,7 +82,6 @@ start() {
         esac
     done
     [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes takes a positive number, not '$nodes'"
-    [ "$(id -u)" -eq 0 ] || die "must run as root (starts daemons)"
     install_if_missing
     stop
     rm -rf "$DIR"
