@@ -60,6 +60,11 @@ fn train_args(run: &Path, sets: &[&str]) -> Vec<String> {
 }
 
 fn mpirun(np: usize, args: &[String]) -> Command {
+    mpirun_with(&[], np, args)
+}
+
+/// `mpirun` with `options` of its own before the program.
+fn mpirun_with(options: &[&str], np: usize, args: &[String]) -> Command {
     let found = Command::new("mpirun")
         .arg("--version")
         .stdout(Stdio::null())
@@ -70,7 +75,9 @@ fn mpirun(np: usize, args: &[String]) -> Command {
         "mpirun not found: install Open MPI with scripts/setup-mpi.sh"
     );
     let mut c = Command::new("mpirun");
-    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), &rlp()])
+    c.args(["--allow-run-as-root", "--oversubscribe"])
+        .args(options)
+        .args(["-np", &np.to_string(), &rlp()])
         .args(args)
         .stdin(Stdio::null());
     c
@@ -90,6 +97,9 @@ fn check(what: &str, out: std::process::Output) {
 #[derive(Clone, Copy, Debug)]
 enum Launcher {
     Mpirun,
+    /// `mpirun -H rlpnode1,rlpnode2`: one rank on each namespace node of scripts/slurm-local.sh,
+    /// started through scripts/netns-ssh.sh as `ssh` starts them on a cluster.
+    MpirunTwoHosts,
     Srun,
 }
 
@@ -124,6 +134,15 @@ fn srun(np: usize, args: &[String]) -> Command {
 fn launch(launcher: Launcher, np: usize, args: &[String]) -> Command {
     match launcher {
         Launcher::Mpirun => mpirun(np, args),
+        Launcher::MpirunTwoHosts => {
+            assert_eq!(np, 2, "two hosts, one rank each");
+            assert!(
+                Path::new("/run/netns/rlpnode1").exists() && Path::new("/run/netns/rlpnode2").exists(),
+                "no namespace nodes rlpnode1, rlpnode2: start them with `scripts/slurm-local.sh start --nodes 2`"
+            );
+            let agent = format!("{}/scripts/netns-ssh.sh", env!("CARGO_MANIFEST_DIR"));
+            mpirun_with(&["--mca", "plm_rsh_agent", &agent, "-H", "rlpnode1,rlpnode2"], np, args)
+        }
         Launcher::Srun => srun(np, args),
     }
 }
@@ -306,12 +325,14 @@ fn two_ranks_train_the_weights_one_process_trains() {
     }
 }
 
-/// `srun -N 2 --mpi=pmix` on two nodes: the same weights as one process, through TCP between
-/// the nodes instead of shared memory.
+/// `srun -N 2 --mpi=pmix` on two nodes, and `mpirun -H` on the same two hosts: the same weights
+/// as one process, through TCP between the nodes instead of shared memory.
 #[test]
-fn two_srun_tasks_on_two_nodes_train_the_weights_one_process_trains() {
-    let rel = one_vs_two_ranks_on(Launcher::Srun, &STRICT);
-    assert!(rel <= 1e-6, "srun: weights differ by {rel:e} relative");
+fn two_ranks_on_two_nodes_train_the_weights_one_process_trains() {
+    for launcher in [Launcher::Srun, Launcher::MpirunTwoHosts] {
+        let rel = one_vs_two_ranks_on(launcher, &STRICT);
+        assert!(rel <= 1e-6, "{launcher:?}: weights differ by {rel:e} relative");
+    }
 }
 
 #[test]
