@@ -7,11 +7,9 @@
 //! tokens on its own cache, and the logits after the last of them give
 //! S_pred = log p_θ(x_t | x_<t, <think>, c, </think>, sep). Finished rows leave the batch.
 
-use crate::model::kv_cache::pick_rows;
 use crate::model::{KvCache, Model};
 use crate::sampling::{sample, tempered_logprobs, SamplingParams};
 use anyhow::{bail, Result};
-use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 
 #[derive(Debug, Clone)]
@@ -101,6 +99,8 @@ pub struct Prompt<'a> {
 }
 
 struct Row {
+    /// Index of this rollout in the output, b·G + i.
+    slot: usize,
     context: usize,
     thought: Thought,
     /// Tokens still to feed after the thought ended (`</think>`, then the separator).
@@ -125,78 +125,56 @@ pub fn sample_thoughts(model: &Model, prompts: &[Prompt], p: &RolloutParams, rng
     let (logits, cache) = model.prefill(&seqs, cap)?;
     // Duplicate each context's row G times: rows b*G .. b*G+G-1 belong to context b.
     let dup: Vec<u32> = (0..prompts.len()).flat_map(|b| std::iter::repeat(b as u32).take(p.g)).collect();
-    let mut cache: KvCache = cache.select_rows(&dup)?;
-    let mut logits: Vec<Vec<f32>> = {
+    let cache: KvCache = cache.select_rows(&dup)?;
+    let logits: Vec<Vec<f32>> = {
         let l = logits.to_vec2::<f32>()?;
         dup.iter().map(|&b| l[b as usize].clone()).collect()
     };
-    let mut rows: Vec<Row> = dup
+    let rows: Vec<Row> = dup
         .iter()
-        .map(|&b| Row { context: b as usize, thought: Thought::default(), closing: None, guessing: false })
+        .enumerate()
+        .map(|(slot, &b)| Row { slot, context: b as usize, thought: Thought::default(), closing: None, guessing: false })
         .collect();
     let mut done: Vec<Option<Thought>> = vec![None; rows.len()];
-    let mut slot: Vec<usize> = (0..rows.len()).collect(); // active row -> output slot
-    while !rows.is_empty() {
-        let mut feed = Vec::with_capacity(rows.len());
-        let mut keep = Vec::with_capacity(rows.len());
-        for (r, row) in rows.iter_mut().enumerate() {
-            if row.guessing || row.closing.as_ref().is_some_and(|q| q.is_empty()) {
-                if !row.guessing {
-                    // logits follow `</think>` + separator: score the true next token
-                    let target = prompts[row.context].target as usize;
-                    row.thought.s_pred = tempered_logprobs(&logits[r], 1.0, &[])[target] as f32;
-                    row.guessing = true;
-                }
+    model.decode_rows(cache, logits, rows, |row, logits| {
+        if row.guessing || row.closing.as_ref().is_some_and(|q| q.is_empty()) {
+            if !row.guessing {
+                // logits follow `</think>` + separator: score the true next token
+                let target = prompts[row.context].target as usize;
+                row.thought.s_pred = tempered_logprobs(logits, 1.0, &[])[target] as f32;
+                row.guessing = true;
+            }
+            if row.thought.guess.len() < p.guess_tokens {
+                let (tok, lp) = sample(logits, &p.sampling, &p.banned_in_guess(), &mut rngs[row.context]);
+                row.thought.guess.push(tok);
+                row.thought.guess_logp_old.push(lp);
                 if row.thought.guess.len() < p.guess_tokens {
-                    let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_in_guess(), &mut rngs[row.context]);
-                    row.thought.guess.push(tok);
-                    row.thought.guess_logp_old.push(lp);
-                    if row.thought.guess.len() < p.guess_tokens {
-                        feed.push(tok);
-                        keep.push(r);
-                        continue;
-                    }
+                    return Ok(Some(tok));
                 }
-                done[slot[r]] = Some(std::mem::take(&mut row.thought));
-                continue;
             }
-            if let Some(queue) = &mut row.closing {
-                feed.push(queue.pop_front().unwrap());
-                keep.push(r);
-                continue;
-            }
-            let u = row.thought.ids.len();
-            let tok = if u == p.budget {
-                p.end_think_id // forced: no behaviour log-prob, no gradient
-            } else {
-                let (tok, lp) = sample(&logits[r], &p.sampling, &p.banned_at(u), &mut rngs[row.context]);
-                row.thought.logp_old.push(lp);
-                tok
-            };
-            if tok == p.end_think_id {
-                row.thought.closed = u < p.budget;
-                let mut queue: std::collections::VecDeque<u32> = p.separator.iter().copied().collect();
-                queue.push_front(p.end_think_id);
-                feed.push(queue.pop_front().unwrap());
-                row.closing = Some(queue);
-            } else {
-                row.thought.ids.push(tok);
-                feed.push(tok);
-            }
-            keep.push(r);
+            done[row.slot] = Some(std::mem::take(&mut row.thought));
+            return Ok(None);
         }
-        if keep.is_empty() {
-            break;
+        if let Some(queue) = &mut row.closing {
+            return Ok(queue.pop_front());
         }
-        if keep.len() < rows.len() {
-            let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
-            cache = cache.select_rows(&idx)?;
-            rows = pick_rows(rows, &keep);
-            slot = pick_rows(slot, &keep);
+        let u = row.thought.ids.len();
+        let tok = if u == p.budget {
+            p.end_think_id // forced: no behaviour log-prob, no gradient
+        } else {
+            let (tok, lp) = sample(logits, &p.sampling, &p.banned_at(u), &mut rngs[row.context]);
+            row.thought.logp_old.push(lp);
+            tok
+        };
+        if tok == p.end_think_id {
+            row.thought.closed = u < p.budget;
+            // feed `</think>` now, then the separator tokens one per step
+            row.closing = Some(p.separator.iter().copied().collect());
+        } else {
+            row.thought.ids.push(tok);
         }
-        let next: Tensor = model.decode_step(&feed, &mut cache)?;
-        logits = next.to_vec2::<f32>()?;
-    }
+        Ok(Some(tok))
+    })?;
     let mut out: Vec<Vec<Thought>> = (0..prompts.len()).map(|_| Vec::with_capacity(p.g)).collect();
     for (i, t) in done.into_iter().enumerate() {
         out[i / p.g].push(t.expect("every rollout finishes"));

@@ -121,3 +121,34 @@ fn per_context_rngs_make_thoughts_independent_of_the_batch() {
     assert_ne!(ids(&together[0]), ids(&other_batch[0]), "another step must draw other thoughts");
     assert!(sample_thoughts(&m, &prompts, &p, &mut rngs[..2]).is_err());
 }
+
+#[test]
+fn decode_rows_gives_every_row_its_own_logits_while_rows_leave_the_batch() {
+    // Three ragged prompts decoded greedily for 4, 1 and 3 tokens: rows leave the batch at
+    // different steps, and each must still see exactly the logits of decoding it alone.
+    let m = tiny();
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 42], vec![7], vec![100, 3, 9, 250, 11]];
+    let lengths = [4usize, 1, 3];
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(lengths)
+        .map(|(p, n)| m.generate(&[p.clone()], n, None, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0)).unwrap().remove(0))
+        .collect();
+    let cap = prompts.iter().map(|p| p.len()).max().unwrap() + 4;
+    let (logits, cache) = m.prefill(&prompts, cap).unwrap();
+    let rows: Vec<(usize, Vec<u32>)> = (0..prompts.len()).map(|r| (r, vec![])).collect();
+    let mut out = vec![vec![]; prompts.len()];
+    let mut calls = 0;
+    m.decode_rows(cache, logits.to_vec2::<f32>().unwrap(), rows, |(r, got), l| {
+        calls += 1;
+        got.push(rlp::sampling::argmax(l));
+        if got.len() == lengths[*r] {
+            out[*r] = std::mem::take(got);
+            return Ok(None);
+        }
+        Ok(Some(*got.last().unwrap()))
+    })
+    .unwrap();
+    assert_eq!(out, alone);
+    assert_eq!(calls, 4 + 1 + 3, "a finished row is not asked again");
+}

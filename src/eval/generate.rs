@@ -7,8 +7,7 @@
 //! banned, and stops at EOS, or at a newline once the answer holds visible text. Finished rows
 //! leave the batch (their KV-cache rows are dropped).
 
-use crate::model::kv_cache::pick_rows;
-use crate::model::{KvCache, Model};
+use crate::model::Model;
 use crate::sampling::{argmax, sample, tempered_logprobs, SamplingParams};
 use crate::tokenizer::Tok;
 use anyhow::Result;
@@ -25,7 +24,7 @@ pub struct GenSpec {
 }
 
 /// One finished generation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Generation {
     pub thought: Vec<u32>,
     /// The model wrote `</think>` itself (false: forced at the budget, or no thought).
@@ -56,9 +55,8 @@ pub fn think_then_answer(
         return Ok(vec![]);
     }
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let (logits, mut cache): (_, KvCache) =
-        model.prefill(prompts, longest + spec.think_budget + 1 + spec.answer_tokens)?;
-    let mut logits: Vec<Vec<f32>> = logits.to_vec2::<f32>()?;
+    let (logits, cache) = model.prefill(prompts, longest + spec.think_budget + 1 + spec.answer_tokens)?;
+    let logits: Vec<Vec<f32>> = logits.to_vec2::<f32>()?;
     let out_of_vocab = tok.vocab_size() as u32..model.cfg.vocab_size as u32;
     let mut thought_ban: Vec<u32> = tok.eos_ids.clone();
     thought_ban.push(tok.think_id);
@@ -72,7 +70,7 @@ pub fn think_then_answer(
             Phase::Answer
         }
     };
-    let mut rows: Vec<Row> = (0..prompts.len())
+    let rows: Vec<Row> = (0..prompts.len())
         .map(|slot| Row {
             slot,
             phase: first_phase(),
@@ -91,75 +89,54 @@ pub fn think_then_answer(
             argmax(&lp.iter().map(|&x| x as f32).collect::<Vec<_>>())
         }
     };
-    while !rows.is_empty() {
-        let mut feed = Vec::with_capacity(rows.len());
-        let mut keep = Vec::with_capacity(rows.len());
-        for (r, row) in rows.iter_mut().enumerate() {
-            let next = match row.phase {
-                Phase::Thought => {
-                    let u = row.gen.thought.len();
-                    if u == spec.think_budget {
-                        tok.end_think_id
-                    } else {
-                        let mut banned = thought_ban.clone();
-                        if u == 0 {
-                            banned.push(tok.end_think_id);
-                        }
-                        let t = pick(&logits[r], &banned, rng);
-                        if t == tok.end_think_id {
-                            row.gen.closed = true;
-                        }
-                        t
+    model.decode_rows(cache, logits, rows, |row, logits| {
+        let next = match row.phase {
+            Phase::Thought => {
+                let u = row.gen.thought.len();
+                if u == spec.think_budget {
+                    tok.end_think_id
+                } else {
+                    let mut banned = thought_ban.clone();
+                    if u == 0 {
+                        banned.push(tok.end_think_id);
                     }
-                }
-                Phase::Answer => pick(&logits[r], &answer_ban, rng),
-            };
-            let finished = match row.phase {
-                Phase::Thought => {
-                    if next == tok.end_think_id {
-                        row.phase = Phase::Answer;
-                    } else {
-                        row.gen.thought.push(next);
+                    let t = pick(logits, &banned, rng);
+                    if t == tok.end_think_id {
+                        row.gen.closed = true;
                     }
-                    false
+                    t
                 }
-                Phase::Answer => {
-                    if tok.eos_ids.contains(&next) {
+            }
+            Phase::Answer => pick(logits, &answer_ban, rng),
+        };
+        let finished = match row.phase {
+            Phase::Thought => {
+                if next == tok.end_think_id {
+                    row.phase = Phase::Answer;
+                } else {
+                    row.gen.thought.push(next);
+                }
+                false
+            }
+            Phase::Answer => {
+                if tok.eos_ids.contains(&next) {
+                    true
+                } else {
+                    let has_text = !tok.decode(&row.gen.answer)?.trim().is_empty();
+                    if has_text && tok.decode(&[next])?.contains('\n') {
                         true
                     } else {
-                        let has_text = !tok.decode(&row.gen.answer)?.trim().is_empty();
-                        if has_text && tok.decode(&[next])?.contains('\n') {
-                            true
-                        } else {
-                            row.gen.answer.push(next);
-                            row.gen.answer.len() >= spec.answer_tokens
-                        }
+                        row.gen.answer.push(next);
+                        row.gen.answer.len() >= spec.answer_tokens
                     }
                 }
-            };
-            if finished {
-                done[row.slot] = Some(std::mem::replace(
-                    &mut row.gen,
-                    Generation {
-                        thought: vec![],
-                        closed: false,
-                        answer: vec![],
-                    },
-                ));
-            } else {
-                feed.push(next);
-                keep.push(r);
             }
+        };
+        if finished {
+            done[row.slot] = Some(std::mem::take(&mut row.gen));
+            return Ok(None);
         }
-        if keep.is_empty() {
-            break;
-        }
-        if keep.len() < rows.len() {
-            let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
-            cache = cache.select_rows(&idx)?;
-            rows = pick_rows(rows, &keep);
-        }
-        logits = model.decode_step(&feed, &mut cache)?.to_vec2::<f32>()?;
-    }
+        Ok(Some(next))
+    })?;
     Ok(done.into_iter().map(|g| g.expect("every row finishes")).collect())
 }

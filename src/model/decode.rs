@@ -2,7 +2,7 @@
 //!
 //! Pass a `Model::detached()` view so no autograd graph is recorded.
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{pick_rows, KvCache};
 use super::transformer::{AttnLayout, Model, MASKED};
 use crate::sampling::{self, SamplingParams};
 use anyhow::{bail, Result};
@@ -64,6 +64,43 @@ impl Model {
             *p += 1;
         }
         self.logits(&hidden.squeeze(1)?)
+    }
+
+    /// Decode a batch whose rows each end on their own. `next(row, logits)` is called, in row
+    /// order, for every row still in the batch with its logits [V] (first those given, after the
+    /// prompts, aligned with `cache`'s rows); it returns the token to feed, or `None` when the
+    /// row is done, which drops it (and its cache row) from the batch. Returns when no row is
+    /// left.
+    pub fn decode_rows<R>(
+        &self,
+        mut cache: KvCache,
+        mut logits: Vec<Vec<f32>>,
+        mut rows: Vec<R>,
+        mut next: impl FnMut(&mut R, &[f32]) -> Result<Option<u32>>,
+    ) -> Result<()> {
+        if logits.len() != rows.len() || cache.batch() != rows.len() {
+            bail!("decode_rows: {} rows, {} logits rows, {} cache rows", rows.len(), logits.len(), cache.batch());
+        }
+        while !rows.is_empty() {
+            let mut feed = Vec::with_capacity(rows.len());
+            let mut keep = Vec::with_capacity(rows.len());
+            for (r, row) in rows.iter_mut().enumerate() {
+                if let Some(token) = next(row, &logits[r])? {
+                    feed.push(token);
+                    keep.push(r);
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < rows.len() {
+                let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+                cache = cache.select_rows(&idx)?;
+                rows = pick_rows(rows, &keep);
+            }
+            logits = self.decode_step(&feed, &mut cache)?.to_vec2::<f32>()?;
+        }
+        Ok(())
     }
 
     /// Generate `max_new` tokens after each prompt; greedy when `params` is None.
