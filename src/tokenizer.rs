@@ -155,17 +155,13 @@ impl Tok {
     }
 }
 
-/// GPT-2's byte-level alphabet, inverted: char → byte. Printable Latin-1 bytes map to
-/// themselves; the other 68 bytes map to U+0100 onwards in byte order.
-fn byte_level_inverse() -> &'static HashMap<char, u8> {
-    static TABLE: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    TABLE.get_or_init(build_byte_level_inverse)
-}
-
-fn build_byte_level_inverse() -> HashMap<char, u8> {
+/// GPT-2's byte-level alphabet: the char that stands for each byte (the index) in a byte-level
+/// BPE vocabulary. Printable Latin-1 bytes map to themselves; the other 68 bytes map to U+0100
+/// onwards in byte order.
+pub fn byte_level_chars() -> [char; 256] {
     let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let mut next = 256u32;
-    let mut map = HashMap::with_capacity(256);
+    let mut table = ['\0'; 256];
     for b in 0..=255u8 {
         let c = if printable(b) {
             b as u32
@@ -173,9 +169,15 @@ fn build_byte_level_inverse() -> HashMap<char, u8> {
             next += 1;
             next - 1
         };
-        map.insert(char::from_u32(c).expect("valid code point"), b);
+        table[b as usize] = char::from_u32(c).expect("valid code point");
     }
-    map
+    table
+}
+
+/// GPT-2's byte-level alphabet, inverted: char → byte (see `byte_level_chars`).
+fn byte_level_inverse() -> &'static HashMap<char, u8> {
+    static TABLE: OnceLock<HashMap<char, u8>> = OnceLock::new();
+    TABLE.get_or_init(|| byte_level_chars().into_iter().zip(0..=255u8).collect())
 }
 
 /// How a trained BPE tokenizer cuts numbers.

@@ -1,24 +1,16 @@
 //! The paper's baselines in the same trainer: NTP (compute-matched CPT) and RPT, the packing
 //! mask, compute accounting and `rlp plan`.
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::{config, config_path, metrics};
 use rlp::config::TrainConfig;
 use rlp::model::{self, AttnLayout};
 use rlp::train::ntp::heldout_nll;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
 use std::path::PathBuf;
-
-fn config(name: &str, overrides: &[&str]) -> TrainConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
-    let mut o: Vec<String> = vec!["logging.progress=false".into()];
-    o.extend(overrides.iter().map(|s| s.to_string()));
-    TrainConfig::load(&path, &o).unwrap()
-}
-
-fn metrics(run: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
 
 #[test]
 fn ntp_lowers_heldout_loss_and_counts_its_compute() {
@@ -118,7 +110,7 @@ fn plan_reproduces_the_papers_cpt_budget() {
     // --set works as in rlp train, and --emit-cpt writes a loadable ntp config
     let tmp = tempfile::tempdir().unwrap();
     let cpt = tmp.path().join("cpt.toml");
-    let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-think.toml");
+    let cfg = config_path("tiny-think.toml");
     let out = std::process::Command::new(exe)
         .args(["plan", "--config", cfg.to_str().unwrap(), "--set", "rollout.g=4", "--json", "--emit-cpt", cpt.to_str().unwrap()])
         .output()

@@ -2,25 +2,17 @@
 //! to get a CUDA build; bf16 compute (f32 master weights, weights cast at use) gives gradients
 //! close to f32 compute and trains with finite losses.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{config_path, metrics, tiny_config};
 use rlp::config::TrainConfig;
 use rlp::model::{self, AttnLayout, Model};
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const TINY: &str = "tests/data/tiny-rlp";
-
-fn tiny_config(overrides: &[&str]) -> TrainConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
-    let mut o: Vec<String> = vec!["logging.progress=false".into()];
-    o.extend(overrides.iter().map(|s| s.to_string()));
-    TrainConfig::load(&path, &o).unwrap()
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
 
 /// The message every CPU-only refusal of a GPU must carry.
 #[cfg(not(feature = "cuda"))]
@@ -65,8 +57,7 @@ fn a_cpu_build_refuses_cuda_on_the_command_line() {
 #[test]
 fn bad_device_and_dtype_names_are_config_errors() {
     for (set, key) in [("train.device=\"gpu\"", "train.device"), ("train.compute_dtype=\"f16\"", "train.compute_dtype")] {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
-        let err = match TrainConfig::load(&path, &[set.to_string()]) {
+        let err = match TrainConfig::load(&config_path("tiny.toml"), &[set.to_string()]) {
             Ok(cfg) => format!("{:#}", cfg.validate().unwrap_err()),
             Err(e) => format!("{e:#}"),
         };

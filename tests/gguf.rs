@@ -2,9 +2,12 @@
 //! the Q/K un-permutation, and tiny synthetic GGUFs written with candle's writer (round trips,
 //! bad magic, truncation, unsupported type, missing tensor).
 
+mod common;
+
 use candle_core::quantized::gguf_file::{self, Value as G};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use common::gguf::Dims;
 use rlp::model::gguf::{find_smollm2, load_gguf, tokenizer_from_gguf_metadata, unpermute_qk};
 use rlp::model::Arch;
 use std::collections::HashMap;
@@ -137,18 +140,6 @@ const KV: usize = 2;
 const HD: usize = 8;
 const FFN: usize = 256;
 
-/// GPT-2's byte→char table: 256 one-char tokens, so any text encodes.
-fn byte_tokens() -> Vec<String> {
-    let printable = |b: u32| (33..=126).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
-    let mut next = 256;
-    (0..256u32)
-        .map(|b| {
-            let c = if printable(b) { b } else { next += 1; next - 1 };
-            char::from_u32(c).unwrap().to_string()
-        })
-        .collect()
-}
-
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -235,32 +226,9 @@ fn write_gguf(path: &Path, arch: &str, weights: &[(String, Tensor)], dtype: Ggml
         }
         qs.push((name, QTensor::quantize(&t, ty).unwrap()));
     }
-    let tokens = byte_tokens().into_iter().chain(["<|endoftext|>".to_string()]).map(G::String).collect::<Vec<_>>();
-    let mut types = vec![G::I32(1); 256];
-    types.push(G::I32(3));
-    let a = |k: &str| format!("{arch}.{k}");
-    let meta: Vec<(String, G)> = vec![
-        ("general.architecture".into(), G::String(arch.into())),
-        (a("block_count"), G::U32(1)),
-        (a("embedding_length"), G::U32(D as u32)),
-        (a("feed_forward_length"), G::U32(FFN as u32)),
-        (a("attention.head_count"), G::U32(HEADS as u32)),
-        (a("attention.head_count_kv"), G::U32(KV as u32)),
-        (a("attention.key_length"), G::U32(HD as u32)),
-        (a("attention.layer_norm_rms_epsilon"), G::F32(1e-6)),
-        (a("rope.freq_base"), G::F32(1e6)),
-        (a("context_length"), G::U32(512)),
-        ("tokenizer.ggml.model".into(), G::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), G::String("gpt-2".into())),
-        ("tokenizer.ggml.tokens".into(), G::Array(tokens)),
-        ("tokenizer.ggml.token_type".into(), G::Array(types)),
-        ("tokenizer.ggml.merges".into(), G::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id".into(), G::U32(256)),
-    ];
-    let meta_refs: Vec<(&str, &G)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let q_refs: Vec<(&str, &QTensor)> = qs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let dims = Dims { hidden: D, ffn: FFN, heads: HEADS, kv_heads: KV, head_dim: HD, context: 512 };
     let mut f = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut f, &meta_refs, &q_refs).unwrap();
+    common::gguf::write(&mut f, &common::gguf::metadata(arch, &dims, "gpt-2"), &qs);
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -2,9 +2,11 @@
 //! fed random and mutated bytes and must return an error, never panic or allocate without
 //! bound; named faults give errors that name the file, tensor or token and say what to do.
 
-use candle_core::quantized::gguf_file::{self, Value as G};
+mod common;
+
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use common::gguf::Dims;
 use proptest::prelude::*;
 use rlp::config::TrainConfig;
 use rlp::data::corpus::Corpus;
@@ -199,18 +201,6 @@ fn missing_tensor_is_named() {
 
 // ---------------------------------------------------------------- GGUF
 
-/// GPT-2's byte-to-character table: the 256 byte tokens of a byte-level BPE vocabulary.
-fn byte_tokens() -> Vec<String> {
-    let printable = |b: u32| (33..=126).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
-    let mut next = 256;
-    (0..256u32)
-        .map(|b| {
-            let c = if printable(b) { b } else { next += 1; next - 1 };
-            char::from_u32(c).unwrap().to_string()
-        })
-        .collect()
-}
-
 /// A valid 1-layer qwen3 GGUF (hidden 8, 2 heads of 4, vocab 257), F32 and Q8_0 tensors.
 fn tiny_gguf() -> Vec<u8> {
     const D: usize = 8;
@@ -237,31 +227,9 @@ fn tiny_gguf() -> Vec<u8> {
         .collect();
     let down = Tensor::ones((D, 32), DType::F32, &Device::Cpu).unwrap();
     qs.push(("blk.0.ffn_down.weight".into(), QTensor::quantize(&down, GgmlDType::Q8_0).unwrap()));
-    let tokens: Vec<G> = byte_tokens().into_iter().chain(["<|endoftext|>".to_string()]).map(G::String).collect();
-    let mut types = vec![G::I32(1); 256];
-    types.push(G::I32(3));
-    let meta: Vec<(&str, G)> = vec![
-        ("general.architecture", G::String("qwen3".into())),
-        ("qwen3.block_count", G::U32(1)),
-        ("qwen3.embedding_length", G::U32(D as u32)),
-        ("qwen3.feed_forward_length", G::U32(32)),
-        ("qwen3.attention.head_count", G::U32(2)),
-        ("qwen3.attention.head_count_kv", G::U32(2)),
-        ("qwen3.attention.key_length", G::U32(4)),
-        ("qwen3.attention.layer_norm_rms_epsilon", G::F32(1e-6)),
-        ("qwen3.rope.freq_base", G::F32(1e6)),
-        ("qwen3.context_length", G::U32(64)),
-        ("tokenizer.ggml.model", G::String("gpt2".into())),
-        ("tokenizer.ggml.pre", G::String("qwen2".into())),
-        ("tokenizer.ggml.tokens", G::Array(tokens)),
-        ("tokenizer.ggml.token_type", G::Array(types)),
-        ("tokenizer.ggml.merges", G::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id", G::U32(256)),
-    ];
-    let meta_refs: Vec<(&str, &G)> = meta.iter().map(|(k, v)| (*k, v)).collect();
-    let q_refs: Vec<(&str, &QTensor)> = qs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let dims = Dims { hidden: D, ffn: 32, heads: 2, kv_heads: 2, head_dim: 4, context: 64 };
     let mut out = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut out, &meta_refs, &q_refs).unwrap();
+    common::gguf::write(&mut out, &common::gguf::metadata("qwen3", &dims, "qwen2"), &qs);
     out.into_inner()
 }
 

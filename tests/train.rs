@@ -1,22 +1,14 @@
 //! The RLP trainer end to end on the tiny config: it optimises its objective, micro-batching
 //! does not change the gradient, resume is exact, checkpoints reload, bad input is refused.
 
+mod common;
+
+use common::{config, config_path, metrics, tiny_config};
 use rlp::config::TrainConfig;
 use rlp::model;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn tiny_config(overrides: &[&str]) -> TrainConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
-    let mut o: Vec<String> = vec!["logging.progress=false".into()];
-    o.extend(overrides.iter().map(|s| s.to_string()));
-    TrainConfig::load(&path, &o).unwrap()
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
+use std::path::Path;
 
 /// Metrics without the wall-clock fields.
 fn deterministic(m: &[Value]) -> Vec<Value> {
@@ -42,12 +34,10 @@ fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
 /// (On a random model the information gain of a thought is noise, and no such test is honest.)
 #[test]
 fn rlp_raises_the_reasoned_score_repeatably() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-think.toml");
     let runs: Vec<Vec<Value>> = (0..2)
         .map(|_| {
             let dir = tempfile::tempdir().unwrap();
-            let cfg = TrainConfig::load(&path, &["logging.progress=false".to_string()]).unwrap();
-            Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
+            Trainer::new(config("tiny-think.toml", &[]), dir.path(), false).unwrap().run().unwrap();
             metrics(dir.path())
         })
         .collect();
@@ -197,7 +187,7 @@ fn bad_input_is_refused_before_anything_is_written() {
 
 #[test]
 fn config_errors_name_the_key() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let path = config_path("tiny.toml");
     let e = format!("{:#}", TrainConfig::load(&path, &["rollout.gg=3".into()]).unwrap_err());
     assert!(e.contains("gg"), "{e}");
     let e = format!("{:#}", TrainConfig::load(&path, &["rollout.g=1".into()]).and_then(|c| c.validate().map(|_| c)).unwrap_err());

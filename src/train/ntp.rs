@@ -27,11 +27,18 @@ fn window_batch(windows: &[Window], no_cross_doc: bool, dev: &Device) -> Result<
     Ok((Tensor::from_vec(inputs, (b, t), dev)?, Tensor::from_vec(targets, (b, t), dev)?, layout))
 }
 
+/// Σ log p(target) of a batch of windows from their final hidden states [B, T, D],
+/// differentiable: the next-token loss of both training and held-out evaluation.
+fn target_logprob_sum(model: &Model, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = model.logits(hidden)?; // [B, T, V]
+    Ok(target_logprobs(&logits, targets)?.sum_all()?)
+}
+
 /// Σ log p(target) over a batch of windows, differentiable. Returns (sum, number of targets).
 fn window_logprob_sum(model: &Model, windows: &[Window], no_cross_doc: bool) -> Result<(Tensor, usize)> {
     let (ids, targets, layout) = window_batch(windows, no_cross_doc, model.embed.device())?;
-    let logits = model.logits(&model.forward_hidden(&ids, &layout, None)?)?; // [B, T, V]
-    Ok((target_logprobs(&logits, &targets)?.sum_all()?, targets.elem_count()))
+    let hidden = model.forward_hidden(&ids, &layout, None)?;
+    Ok((target_logprob_sum(model, &hidden, &targets)?, targets.elem_count()))
 }
 
 /// Mean next-token loss (nats per token) of `model` on `docs`, packed in corpus order into
@@ -70,10 +77,7 @@ impl Trainer {
         let policy = self.train_model()?; // f32 vars, or their differentiable bf16 cast
         for chunk in windows.chunks(micro) {
             let (ids, targets, layout) = window_batch(chunk, no_cross, policy.embed.device())?;
-            let loss_of = |hidden: &Tensor| -> Result<Tensor> {
-                let logits = policy.logits(hidden)?; // [B, T, V]
-                Ok((target_logprobs(&logits, &targets)?.sum_all()?.neg()? / total_targets)?)
-            };
+            let loss_of = |hidden: &Tensor| -> Result<Tensor> { Ok((target_logprob_sum(&policy, hidden, &targets)?.neg()? / total_targets)?) };
             let (l, grads) = if self.cfg.train.grad_checkpoint {
                 policy.checkpointed_backward(&ids, &layout, &self.var_tensors(), loss_of)?
             } else {
