@@ -32,7 +32,7 @@ trap 'echo "error: slurm-local: failed at line $LINENO: $BASH_COMMAND (logs in $
 
 install_if_missing() {
     local missing=()
-    for p in slurmctld slurmd slurm-client munge; do
+    for p in slurmctld slurmd slurm-client munge iproute2; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return
@@ -96,7 +96,6 @@ start() {
         nodelines+=("NodeName=$ctld_host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN")
         names+=("$ctld_host")
     else
-        command -v ip >/dev/null || die "several nodes need iproute2 (apt-get install iproute2)"
         command -v unshare >/dev/null || die "several nodes need unshare (util-linux)"
         ctld_host=$(hostname -s)
         ctld_addr=$NET_PREFIX.254
