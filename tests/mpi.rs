@@ -414,10 +414,6 @@ fn resume_works_on_the_same_and_on_another_world_size() {
 }
 
 /// Start a long 2-rank run and wait until rank 0 has logged 2 steps.
-fn start_long_run(run: &Path, timeout_s: u32, log: &Path) -> Child {
-    start_long_run_on(Launcher::Mpirun, run, timeout_s, log)
-}
-
 fn start_long_run_on(launcher: Launcher, run: &Path, timeout_s: u32, log: &Path) -> Child {
     let timeout = format!("train.collective_timeout_s={timeout_s}");
     let args = train_args(run, &["train.steps=100000", &timeout]);
@@ -527,10 +523,19 @@ fn hung_rank_aborts_the_job(launcher: Launcher) {
 
 #[test]
 fn a_killed_rank_ends_the_job_within_the_timeout() {
+    killed_rank_ends_the_job(Launcher::Mpirun);
+}
+
+#[test]
+fn a_killed_srun_task_on_another_node_ends_the_job_within_the_timeout() {
+    killed_rank_ends_the_job(Launcher::Srun);
+}
+
+fn killed_rank_ends_the_job(launcher: Launcher) {
     let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let log = logs.path().join("stderr.txt");
     let timeout_s = 5;
-    let mut job = start_long_run(run.path(), timeout_s, &log);
+    let mut job = start_long_run_on(launcher, run.path(), timeout_s, &log);
     signal(rank_pid(run.path(), 1), "-KILL");
     let killed = Instant::now();
     let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
@@ -538,15 +543,15 @@ fn a_killed_rank_ends_the_job_within_the_timeout() {
     let status =
         status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 dying:\n{stderr}"));
     assert!(!status.success(), "the job must fail when a rank dies:\n{stderr}");
-    // Either mpirun notices the dead rank and ends the job, or rank 0's collective times out.
+    // Either the launcher notices the dead rank and ends the job, or rank 0's collective times out.
     let by_timeout = stderr.contains("collective timed out");
     eprintln!(
-        "killed rank: job ended {:.1?} later, by {}",
+        "killed rank ({launcher:?}): job ended {:.1?} later, by {}",
         killed.elapsed(),
         if by_timeout {
-            "rank 0's collective timeout"
+            "rank 0's collective timeout".to_string()
         } else {
-            "mpirun"
+            format!("{launcher:?}")
         }
     );
 }
