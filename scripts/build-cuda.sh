@@ -67,6 +67,8 @@ package() {
     echo "  links: $(ldd "$bin" | grep -oE 'lib(cuda|cublas|cublasLt|curand|cudart|nvrtc|nccl|mpi)\.so[.0-9]*' | sort -u | tr '\n' ' ')"
 }
 
+# The source as it is when the build starts (BUILT_FROM, below).
+SOURCE_HASH="$(find src Cargo.toml Cargo.lock -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
 t0=$(date +%s)
 cargo build --release --features cuda
 package rlp-cuda
@@ -101,9 +103,8 @@ if [ -f "$DIST/rlp-cuda-nccl.xz" ]; then
 fi
 # Which source the binaries are: a hash of src/ and the Cargo files as built (uncommitted edits
 # included), and the commit; gpu-check.sh hashes its own checkout the same way and compares.
-source_hash() { (cd "$ROOT" && find src Cargo.toml Cargo.lock -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16); }
 {
-    echo "source $(source_hash)"
+    echo "source $SOURCE_HASH"
     echo "commit $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 } > "$DIST/BUILT_FROM"
 echo "built from: $(tr '\n' ' ' < "$DIST/BUILT_FROM")"
