@@ -484,10 +484,13 @@ fn a_hung_srun_task_on_another_node_makes_the_job_abort_with_the_timeout_message
     hung_rank_aborts_the_job(Launcher::Srun);
 }
 
-fn hung_rank_aborts_the_job(launcher: Launcher) {
+/// Start a long 2-rank run with a `timeout_s` collective timeout, send rank 1 `signal_name`,
+/// and wait up to `timeout_s` + 30 s for the job to end. Returns its exit status, its stderr and
+/// the time from the signal to the end. Under `srun`, first checks that the two ranks are on
+/// different nodes (network and UTS namespaces).
+fn disturb_rank_1(launcher: Launcher, timeout_s: u32, signal_name: &str) -> (ExitStatus, String, Duration) {
     let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let log = logs.path().join("stderr.txt");
-    let timeout_s = 3;
     let mut job = start_long_run_on(launcher, run.path(), timeout_s, &log);
     let rank1 = rank_pid(run.path(), 1);
     if let Launcher::Srun = launcher {
@@ -497,14 +500,22 @@ fn hung_rank_aborts_the_job(launcher: Launcher) {
             assert_ne!(ns(rank0, kind), ns(rank1, kind), "the two tasks should run on two nodes ({kind} namespaces)");
         }
     }
-    signal(rank1, "-STOP"); // hangs: alive, but never reaches the next collective
-    let stopped = Instant::now();
+    signal(rank1, signal_name);
+    let sent = Instant::now();
     let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
-    let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status(); // if still there
-    let waited = stopped.elapsed();
+    let waited = sent.elapsed();
+    let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status(); // a stopped rank 1
     let stderr = std::fs::read_to_string(&log).unwrap();
-    let status =
-        status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 hanging:\n{stderr}"));
+    let status = status.unwrap_or_else(|| {
+        panic!("the job did not end within {timeout_s} + 30 s of rank 1 getting {signal_name}:\n{stderr}")
+    });
+    (status, stderr, waited)
+}
+
+fn hung_rank_aborts_the_job(launcher: Launcher) {
+    let timeout_s = 3;
+    // SIGSTOP hangs rank 1: alive, but it never reaches the next collective
+    let (status, stderr, waited) = disturb_rank_1(launcher, timeout_s, "-STOP");
     assert!(!status.success());
     assert!(
         stderr.contains("collective timed out") && stderr.contains("train.collective_timeout_s = 3 s"),
@@ -532,22 +543,25 @@ fn a_killed_srun_task_on_another_node_ends_the_job_within_the_timeout() {
 }
 
 fn killed_rank_ends_the_job(launcher: Launcher) {
-    let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let log = logs.path().join("stderr.txt");
     let timeout_s = 5;
-    let mut job = start_long_run_on(launcher, run.path(), timeout_s, &log);
-    signal(rank_pid(run.path(), 1), "-KILL");
-    let killed = Instant::now();
-    let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
-    let stderr = std::fs::read_to_string(&log).unwrap();
-    let status =
-        status.unwrap_or_else(|| panic!("the job did not end within {timeout_s} + 30 s of rank 1 dying:\n{stderr}"));
+    let (status, stderr, waited) = disturb_rank_1(launcher, timeout_s, "-KILL");
     assert!(!status.success(), "the job must fail when a rank dies:\n{stderr}");
-    // Either the launcher notices the dead rank and ends the job, or rank 0's collective times out.
+    // Either the launcher notices the dead rank and ends the job (mpirun does), or rank 0's
+    // collective times out (under srun, which lets the step run on): within the timeout, plus
+    // slack for the abort to travel.
     let by_timeout = stderr.contains("collective timed out");
+    assert!(
+        waited <= Duration::from_secs(timeout_s as u64 + 10),
+        "the job ended {waited:?} after rank 1 died: later than the {timeout_s} s timeout + 10 s"
+    );
+    if let Launcher::Srun = launcher {
+        assert!(
+            by_timeout && stderr.contains("rank 0 of 2"),
+            "under srun, rank 0 should end the job with the timeout message:\n{stderr}"
+        );
+    }
     eprintln!(
-        "killed rank ({launcher:?}): job ended {:.1?} later, by {}",
-        killed.elapsed(),
+        "killed rank ({launcher:?}): job ended {waited:.1?} later, by {}",
         if by_timeout {
             "rank 0's collective timeout".to_string()
         } else {
