@@ -14,7 +14,7 @@
 #   them, as on a cluster; the file system is shared, as a cluster's network file system is.
 #   Every node is given all of this machine's CPUs.
 # State, logs and slurm.conf live in $RLP_SLURM_DIR (default /tmp/rlp-slurm), wiped at start.
-set -euo pipefail
+set -Eeuo pipefail
 DIR="${RLP_SLURM_DIR:-/tmp/rlp-slurm}"
 CONF="$DIR/slurm.conf"
 NET_PREFIX=10.231.0
