@@ -78,7 +78,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     }
     let cpu_model = model::weights::load(&a.model)?.model;
-    let dev = parse_device(&a.device)?;
+    let dev = crate::device::open(&a.device)?;
     if let BenchWhat::Parity = a.what {
         return bench_parity(a, &cpu_model.detached()?, &dev);
     }
@@ -88,11 +88,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Forward | BenchWhat::Decode => bench_pass(a, &m.detached()?),
         _ => bench_step(a, m),
     }
-}
-
-/// `cpu`, `cuda` or `cuda:N` (see `crate::device`).
-pub fn parse_device(s: &str) -> Result<Device> {
-    crate::device::open(s)
 }
 
 /// Max |Δ| of the logits of a fake batch (relative to the largest |logit|) and whether a

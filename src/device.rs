@@ -1,12 +1,12 @@
-//! Where tensors live and in which dtype the model computes: `cpu`, `cuda`, `cuda:N`, and
-//! `f32` / `bf16`, as written in configs (`train.device`, `train.compute_dtype`) and on the
-//! command line (`--device`).
+//! Where tensors live: `cpu`, `cuda`, `cuda:N`, as written in configs (`train.device`) and on
+//! the command line (`--device`). (The compute dtype, `train.compute_dtype`, is the config's
+//! `Dtype`.)
 //!
 //! A binary built without the cargo feature `cuda` knows the names but refuses `cuda` at once,
 //! saying how to get a CUDA build, instead of failing later inside candle.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 /// What a device name means, checked without touching any hardware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,15 +65,6 @@ fn open_cuda(n: usize) -> Result<Device> {
     )
 }
 
-/// `f32` or `bf16`: the dtype the model computes in (weights are cast at use, activations follow).
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s.trim() {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        _ => bail!("dtype `{s}`: expected f32 or bf16"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,7 +78,5 @@ mod tests {
             assert!(DeviceSpec::parse(bad).is_err(), "{bad} should be refused");
         }
         assert!(open("cpu").unwrap().is_cpu());
-        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
-        assert!(parse_dtype("f16").is_err());
     }
 }
