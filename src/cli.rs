@@ -193,3 +193,31 @@ pub fn train_tokenizer(a: &TrainTokenizerArgs) -> Result<()> {
     println!("wrote {} ({} tokens)", a.out.display(), tok.get_vocab_size(true));
     Ok(())
 }
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Model to export: a Hugging Face directory (e.g. a run's checkpoints/step-NNNNNN, with its
+    /// tokenizer.json) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The GGUF file to write (llama.cpp, Ollama, LM Studio).
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// Tensor type of the matrices; norms and biases stay f32.
+    #[arg(long = "type", value_enum, default_value = "f16")]
+    pub ty: crate::model::gguf_write::ExportType,
+}
+
+pub fn export(a: &ExportArgs) -> Result<()> {
+    let loaded = model::weights::load(&a.model)?;
+    let tok = loaded.tokenizer.as_ref().with_context(|| {
+        format!("{} has no tokenizer.json, and a GGUF file must carry the vocabulary: copy the tokenizer.json the model was trained with next to its weights", a.model.display())
+    })?;
+    let s = crate::model::gguf_write::write_gguf(&loaded.model, tok, &a.gguf, a.ty)
+        .with_context(|| format!("cannot export {} to {}", a.model.display(), a.gguf.display()))?;
+    if !s.fell_back_to_f16.is_empty() {
+        eprintln!("note: {} matrices have rows that do not split into {:?} blocks and were written f16: {}", s.fell_back_to_f16.len(), a.ty, s.fell_back_to_f16.join(", "));
+    }
+    println!("wrote {} ({} tensors, {:.1} MB, {} {:?})", a.gguf.display(), s.tensors, s.bytes as f64 / 1e6, loaded.model.cfg.arch.model_type(), a.ty);
+    Ok(())
+}

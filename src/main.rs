@@ -33,6 +33,8 @@ enum Command {
     DemoData(rlp::demo::cli::DemoDataArgs),
     /// Evaluate a model: held-out loss, think-then-predict, or a benchmark answered after thinking.
     Eval(rlp::eval::cli::EvalArgs),
+    /// Write a checkpoint as a GGUF file for llama.cpp, Ollama and LM Studio.
+    Export(cli::ExportArgs),
     /// Collect eval results and training runs into report.md and PNG plots.
     Report(rlp::report::cli::ReportArgs),
 }
@@ -50,6 +52,7 @@ fn main() {
         Command::InitModel(a) => rlp::demo::cli::init_model(&a),
         Command::DemoData(a) => rlp::demo::cli::demo_data(&a),
         Command::Eval(a) => rlp::eval::cli::eval(&a),
+        Command::Export(a) => cli::export(&a),
         Command::Report(a) => rlp::report::cli::report(&a),
     };
     if let Err(e) = result {

@@ -177,7 +177,7 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
 }
 
 /// llama.cpp tensor name → Hugging Face tensor name.
-fn hf_name(name: &str) -> Result<String> {
+pub(crate) fn hf_name(name: &str) -> Result<String> {
     let top = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -380,8 +380,8 @@ fn config_json(arch: Arch, hp: &Hparams, m: &Meta, vocab_size: usize, tied: bool
 
 /// Pre-tokenizer regexes, as llama.cpp's `llama-vocab.cpp` uses them per `tokenizer.ggml.pre`,
 /// written the way the matching Hugging Face tokenizer.json does.
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Build a Hugging Face tokenizer from `tokenizer.ggml.*` metadata (byte-level BPE only).
 ///

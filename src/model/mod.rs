@@ -4,6 +4,7 @@ pub mod config;
 pub mod decode;
 pub mod fused;
 pub mod gguf;
+pub mod gguf_write;
 pub mod init;
 pub mod kv_cache;
 pub mod rope;

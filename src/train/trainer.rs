@@ -99,6 +99,9 @@ pub struct RolloutBatch {
     pub rewards: Vec<f32>,           // [B*G]
     pub advantages: Vec<f32>,        // [B*G]
     pub group_std: Vec<f32>,         // [B]
+    /// Optimizer steps the weights had taken when they sampled and scored this batch: the
+    /// checkpoint `step-{model_step}` holds the weights that reproduce its S_pred.
+    pub model_step: u64,
     pub sample_s: f64,
     pub score_s: f64,
 }
@@ -380,7 +383,7 @@ impl Trainer {
         let advantages = group_advantages(&rewards, g, self.cfg.objective.advantage == Advantage::Grpo)?;
         let group_std = group_reward_std(&rewards, g)?;
         self.count_rollout_compute(&contexts, &thoughts)?;
-        Ok(RolloutBatch { contexts, global_index, thoughts, s_ema, rewards, advantages, group_std, sample_s, score_s })
+        Ok(RolloutBatch { contexts, global_index, thoughts, s_ema, rewards, advantages, group_std, model_step: self.step, sample_s, score_s })
     }
 
     /// Tokens and FLOPs of sampling and scoring one rollout batch (`flops.rs` conventions),
@@ -775,6 +778,9 @@ impl Trainer {
     }
 
     /// Rank 0 alone writes, its own contexts (`context` is the index in the global batch).
+    /// Each row is one thought, with the token ids that replay it: the model of checkpoint
+    /// `step-{model_step}` on `prefix_ids`, `<think>`, `thought_ids`, `</think>`,
+    /// `separator_ids` gives log p(`x_t_id`) = `s_pred` (`rlp score --ids`).
     fn write_samples(&self, batch: &RolloutBatch) -> Result<()> {
         if !self.dist.is_root() {
             return Ok(());
@@ -785,6 +791,7 @@ impl Trainer {
             for (i, t) in group.iter().enumerate() {
                 let mut rec = json!({
                     "step": self.step,
+                    "model_step": batch.model_step,
                     "context": batch.global_index[b],
                     "doc": ctx.doc,
                     "pos": ctx.pos,
@@ -797,8 +804,12 @@ impl Trainer {
                     "reward": batch.rewards[b * g + i],
                     "advantage": batch.advantages[b * g + i],
                 });
+                for (k, v) in sample_replay_fields(ctx, t, &self.rollout).as_object().expect("an object") {
+                    rec[k] = v.clone();
+                }
                 if !t.guess.is_empty() {
                     rec["guess"] = json!(self.tok.decode(&t.guess)?);
+                    rec["guess_ids"] = json!(t.guess);
                 }
                 self.append_jsonl("samples.jsonl", &rec)?;
             }
@@ -919,6 +930,24 @@ impl GradAccumulator {
     pub fn finish(self) -> Result<GradStore> {
         self.acc.context("no micro-batch was run: nothing to train on")
     }
+}
+
+/// The ids of one logged thought and its behaviour log-probs (tempered at
+/// `rollout.temperature`, as sampled): `prefix_ids` is the prefix the model saw (already cut to
+/// `data.max_context`), `thought_logprobs` has one entry per thought token, `end_think_logprob`
+/// is that of a sampled `</think>` (null when it was forced at the budget).
+fn sample_replay_fields(ctx: &Context, t: &Thought, p: &RolloutParams) -> Value {
+    let n = t.ids.len();
+    json!({
+        "prefix_ids": ctx.prefix,
+        "think_id": p.think_id,
+        "thought_ids": t.ids,
+        "end_think_id": p.end_think_id,
+        "separator_ids": p.separator,
+        "x_t_id": ctx.target,
+        "thought_logprobs": t.logp_old[..n.min(t.logp_old.len())],
+        "end_think_logprob": if t.closed { t.logp_old.get(n).copied() } else { None },
+    })
 }
 
 fn bad_rollout_batch_json(batch: &RolloutBatch) -> Value {
