@@ -14,21 +14,23 @@ const CORPUS: &str = "tests/data/corpus/small";
 
 fn args(task: &str, out: &Path) -> EvalArgs {
     EvalArgs {
-        model: PathBuf::from(TINY),
+        model: Some(PathBuf::from(TINY)),
         task: task.to_string(),
+        config: None,
+        run: None,
         limit: Some(6),
-        samples: 3,
-        think_budget: 4,
+        samples: Some(3),
+        think_budget: Some(4),
         answer_tokens: 6,
-        temperature: 0.7,
-        top_p: 1.0,
+        temperature: Some(0.7),
+        top_p: Some(1.0),
         out: Some(out.to_path_buf()),
-        seed: 7,
+        seed: Some(7),
         data: Some(PathBuf::from(CORPUS)),
-        heldout_docs: 1,
-        text_field: "text".into(),
-        min_prefix: 4,
-        max_context: 32,
+        heldout_docs: Some(1),
+        text_field: Some("text".into()),
+        min_prefix: Some(4),
+        max_context: Some(32),
         add_think_tokens: false,
         batch: 4,
         device: "cpu".into(),
@@ -59,7 +61,7 @@ fn same_seed_same_numbers_for_every_task_kind() {
     }
     // a different seed samples different thoughts
     let mut other = args("think", &dir.path().join("c.json"));
-    other.seed = 8;
+    other.seed = Some(8);
     let c = run_eval(&other).unwrap();
     let a = run_eval(&args("think", &dir.path().join("a.json"))).unwrap();
     assert_ne!(a.metrics["logp_think"], c.metrics["logp_think"]);
@@ -154,7 +156,7 @@ fn benchmark_result_file_and_metrics() {
     }
     // without thinking: no thought metrics
     let mut a = args("mmlu", &out);
-    a.think_budget = 0;
+    a.think_budget = Some(0);
     let r = run_eval(&a).unwrap();
     assert!(!r.metrics.contains_key("thought_len_mean"));
 }
@@ -207,7 +209,7 @@ fn a_model_without_think_tokens_is_refused_with_advice() {
     let tok = rlp::tokenizer::train_byte_level_bpe(texts.iter(), 300, &["<|endoftext|>"]).unwrap();
     tok.save(dir.path().join("tokenizer.json"), false).unwrap();
     let mut a = args("gsm8k", &dir.path().join("x.json"));
-    a.model = dir.path().to_path_buf();
+    a.model = Some(dir.path().to_path_buf());
     let e = format!("{:#}", run_eval(&a).unwrap_err());
     assert!(
         e.contains("has no <think>/</think> tokens")
@@ -216,9 +218,9 @@ fn a_model_without_think_tokens_is_refused_with_advice() {
         "{e}"
     );
     // the two ways out both work
-    a.think_budget = 0;
+    a.think_budget = Some(0);
     run_eval(&a).unwrap();
-    a.think_budget = 2;
+    a.think_budget = Some(2);
     a.add_think_tokens = true;
     run_eval(&a).unwrap();
 }

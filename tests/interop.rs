@@ -224,3 +224,72 @@ fn rlp_export_cli_writes_a_gguf_that_rlp_scores_like_the_checkpoint() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("tokenizer.json"), "{}", String::from_utf8_lossy(&missing.stderr));
 }
+
+// ---------------------------------------------------------------------------------------------
+// rlp eval --run / --config
+
+use rlp::eval::cli::{run_eval, EvalArgs};
+
+/// `rlp eval --run RUN` takes the held-out split, rollout settings and seed from the run's
+/// config and the newest checkpoint as the model: its nll is the run's own periodic `eval_nll`
+/// of the last step, its think settings are the run's, and flags still override.
+#[test]
+fn eval_from_a_run_uses_the_runs_data_split_and_rollout_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let overrides = ["train.steps=2", "logging.eval_every=2", "rollout.g=3", "rollout.temperature=0.9", "rollout.thought_budget=5", "train.seed=5", "data.heldout_docs=2"];
+    let cfg = tiny_config(&overrides);
+    let corpus = cfg.data.path.clone();
+    Trainer::new(cfg, &run, false).unwrap().run().unwrap();
+    let last = common::metrics(&run).pop().unwrap();
+    let periodic_nll = last["eval_nll"].as_f64().unwrap();
+
+    let out = |name: &str| Some(dir.path().join(name));
+    let nll = run_eval(&EvalArgs { task: "nll".into(), run: Some(run.clone()), out: out("nll.json"), batch: 16, answer_tokens: 32, device: "cpu".into(), ..Default::default() }).unwrap();
+    assert!((nll.metrics["nll"] - periodic_nll).abs() < 1e-6, "eval --run nll {} vs the run's eval_nll {periodic_nll}", nll.metrics["nll"]);
+    assert!(nll.model.ends_with("checkpoints/step-000002"), "{}", nll.model);
+
+    let think_args = EvalArgs { task: "think".into(), run: Some(run.clone()), limit: Some(4), out: out("think.json"), batch: 16, answer_tokens: 32, device: "cpu".into(), ..Default::default() };
+    let from_run = run_eval(&think_args).unwrap();
+    let s = &from_run.settings;
+    assert_eq!((s["samples"].as_u64(), s["think_budget"].as_u64(), s["seed"].as_u64()), (Some(3), Some(5), Some(5)), "{s}");
+    assert_eq!((s["temperature"].as_f64(), s["heldout_docs"].as_u64(), s["min_prefix"].as_u64(), s["max_context"].as_u64()), (Some(0.9), Some(2), Some(4), Some(64)), "{s}");
+    assert_eq!(s["data"].as_str().map(std::path::PathBuf::from), Some(corpus.clone()));
+    // the same evaluation spelled out in flags gives the same numbers
+    let spelled = EvalArgs {
+        model: Some(run.join("checkpoints/step-000002")),
+        run: None,
+        samples: Some(3),
+        think_budget: Some(5),
+        temperature: Some(0.9),
+        top_p: Some(1.0),
+        seed: Some(5),
+        data: Some(corpus),
+        heldout_docs: Some(2),
+        min_prefix: Some(4),
+        max_context: Some(64),
+        out: out("spelled.json"),
+        ..think_args.clone()
+    };
+    assert_eq!(run_eval(&spelled).unwrap().metrics, from_run.metrics);
+    // a flag still overrides the run
+    let overridden = run_eval(&EvalArgs { think_budget: Some(2), out: out("t2.json"), ..think_args.clone() }).unwrap();
+    assert_eq!(overridden.settings["think_budget"].as_u64(), Some(2));
+
+    // the CLI: --run, and --config with an explicit model
+    let cli = |extra: &[&str]| {
+        let mut a = vec!["eval", "--task", "nll"];
+        a.extend(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_rlp")).args(&a).output().unwrap()
+    };
+    let o = dir.path().join("cli.json");
+    let r = cli(&["--run", run.to_str().unwrap(), "--out", o.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&o).unwrap()).unwrap();
+    assert!((written["metrics"]["nll"].as_f64().unwrap() - periodic_nll).abs() < 1e-6);
+    let ckpt = run.join("checkpoints/step-000002");
+    let r = cli(&["--config", run.join("config.toml").to_str().unwrap(), "--model", ckpt.to_str().unwrap(), "--out", o.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = cli(&["--run", dir.path().join("no-such-run").to_str().unwrap()]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("config.toml"), "{}", String::from_utf8_lossy(&r.stderr));
+}
