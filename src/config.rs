@@ -516,11 +516,15 @@ impl TrainConfig {
             self.rollout.g,
             self.rollout.thought_budget,
         );
+        let ntp = self.objective.name == ObjectiveName::Ntp;
         BatchArithmetic {
+            objective: self.objective.name,
+            ntp_tokens_per_step: self.ntp_tokens_per_step(),
+            window_tokens: self.data.max_context,
             contexts_per_step: b,
             g,
-            sequences_per_step: b * g,
-            updates_per_step: self.objective.minibatches * self.objective.ppo_epochs,
+            sequences_per_step: if ntp { per_update } else { b * g },
+            updates_per_step: if ntp { 1 } else { self.objective.minibatches * self.objective.ppo_epochs },
             sequences_per_micro_batch: micro,
             accumulation_steps: per_update / micro,
             thought_budget: budget,
@@ -546,14 +550,20 @@ impl Problems {
     }
 }
 
-/// The batch arithmetic of one optimizer step, printed at start.
+/// The batch arithmetic of one optimizer step, printed at start. Shown per objective: rlp and
+/// rpt count contexts, thoughts and rollout tokens; ntp counts tokens and packed windows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchArithmetic {
+    pub objective: ObjectiveName,
+    /// ntp: tokens trained per step (`objective.ntp_tokens_per_step` or B × max_context).
+    pub ntp_tokens_per_step: usize,
+    /// ntp: tokens per packed window (`data.max_context`).
+    pub window_tokens: usize,
     /// B: contexts per step.
     pub contexts_per_step: usize,
     /// G: thoughts per context.
     pub g: usize,
-    /// B·G: sequences (context + thought) per step.
+    /// B·G: sequences (context + thought) per step; ntp: packed windows per step.
     pub sequences_per_step: usize,
     /// Optimizer updates per step: minibatches × PPO epochs (1 by default).
     pub updates_per_step: usize,
@@ -572,48 +582,30 @@ pub struct BatchArithmetic {
 
 impl fmt::Display for BatchArithmetic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "batch arithmetic:")?;
-        writeln!(
-            f,
-            "  contexts per step (B)          {}",
-            self.contexts_per_step
-        )?;
-        writeln!(f, "  thoughts per context (G)       {}", self.g)?;
-        writeln!(
-            f,
-            "  sequences per step (B·G)       {}",
-            self.sequences_per_step
-        )?;
-        writeln!(
-            f,
-            "  optimizer updates per step     {}",
-            self.updates_per_step
-        )?;
-        writeln!(
-            f,
-            "  sequences per micro-batch      {}",
-            self.sequences_per_micro_batch
-        )?;
-        writeln!(
-            f,
-            "  accumulation steps             {}",
-            self.accumulation_steps
-        )?;
-        writeln!(
-            f,
-            "  thought budget                 {} tokens",
-            self.thought_budget
-        )?;
-        writeln!(
-            f,
-            "  max tokens per sequence        {}",
-            self.max_tokens_per_sequence
-        )?;
-        write!(
-            f,
-            "  max generated tokens per step  {}",
-            self.max_generated_tokens_per_step
-        )
+        let name = format!("{:?}", self.objective).to_lowercase();
+        writeln!(f, "batch arithmetic ({name}):")?;
+        let rows: Vec<(&str, String)> = match self.objective {
+            ObjectiveName::Ntp => vec![
+                ("tokens per step", self.ntp_tokens_per_step.to_string()),
+                ("tokens per packed window", self.window_tokens.to_string()),
+                ("packed windows per step", self.sequences_per_step.to_string()),
+                ("windows per micro-batch", self.sequences_per_micro_batch.to_string()),
+                ("accumulation steps", self.accumulation_steps.to_string()),
+            ],
+            ObjectiveName::Rlp | ObjectiveName::Rpt => vec![
+                ("contexts per step (B)", self.contexts_per_step.to_string()),
+                ("thoughts per context (G)", self.g.to_string()),
+                ("sequences per step (B·G)", self.sequences_per_step.to_string()),
+                ("optimizer updates per step", self.updates_per_step.to_string()),
+                ("sequences per micro-batch", self.sequences_per_micro_batch.to_string()),
+                ("accumulation steps", self.accumulation_steps.to_string()),
+                ("thought budget", format!("{} tokens", self.thought_budget)),
+                ("max tokens per sequence", self.max_tokens_per_sequence.to_string()),
+                ("max generated tokens per step", self.max_generated_tokens_per_step.to_string()),
+            ],
+        };
+        let lines: Vec<String> = rows.iter().map(|(k, v)| format!("  {k:<31}{v}")).collect();
+        write!(f, "{}", lines.join("\n"))
     }
 }
 
@@ -1117,6 +1109,24 @@ mod tests {
             ),
             (8, 1, 2)
         );
+    }
+
+    #[test]
+    fn batch_arithmetic_shows_only_what_the_objective_uses() {
+        let rlp = load(MINIMAL, &["data.max_context=100"]).unwrap().batch_arithmetic().to_string();
+        for line in ["batch arithmetic (rlp):", "thoughts per context (G)       4", "sequences per step (B·G)       16", "thought budget                 32 tokens", "max generated tokens per step  512"] {
+            assert!(rlp.contains(line), "{line:?} missing from\n{rlp}");
+        }
+        assert!(!rlp.contains("window"), "{rlp}");
+        let c = load(MINIMAL, &["objective.name=ntp", "data.max_context=100", "objective.ntp_tokens_per_step=1000", "train.micro_batch=5"]).unwrap();
+        c.validate().unwrap();
+        let ntp = c.batch_arithmetic().to_string();
+        for line in ["batch arithmetic (ntp):", "tokens per step                1000", "tokens per packed window       100", "packed windows per step        10", "windows per micro-batch        5", "accumulation steps             2"] {
+            assert!(ntp.contains(line), "{line:?} missing from\n{ntp}");
+        }
+        for word in ["thought", "(G)", "contexts", "generated", "updates"] {
+            assert!(!ntp.contains(word), "ntp arithmetic mentions {word:?}:\n{ntp}");
+        }
     }
 
     #[test]

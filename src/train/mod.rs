@@ -6,6 +6,7 @@ pub mod data_parallel;
 pub mod ema;
 pub mod optim;
 pub mod policy;
+pub mod progress;
 pub mod ntp;
 pub mod schedule;
 pub mod signals;

@@ -753,20 +753,7 @@ impl Trainer {
             let total = self.cfg.train.steps as u64;
             let elapsed = self.started.elapsed().as_secs_f64();
             let eta = elapsed / (self.step - self.start_step).max(1) as f64 * (total - self.step) as f64;
-            let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
-            let head = match self.cfg.objective.name {
-                ObjectiveName::Ntp => format!("loss {:.4}", f("loss")),
-                _ => format!("reward {:+.4} | s_pred {:.3} | loss {:+.4}", f("reward_mean"), f("s_pred_mean"), f("loss")),
-            };
-            eprintln!(
-                "step {}/{} | {head} | sample {:.0} tok/s | train {:.0} tok/s | {:.2}s | eta {:.0}s",
-                self.step,
-                total,
-                f("tokens_per_s_sample"),
-                f("tokens_per_s_train"),
-                f("step_s"),
-                eta
-            );
+            eprintln!("{}", super::progress::progress_line(self.cfg.objective.name, self.step, total, m, eta));
         }
         Ok(())
     }
