@@ -226,6 +226,9 @@ pub struct LoggingSection {
     pub eval_every: usize,
     /// Print one progress line per step. Default true.
     pub progress: bool,
+    /// Write TensorBoard event files in RUN/tb/: every metrics.jsonl scalar and a few sampled
+    /// thoughts as text (`tensorboard --logdir RUN/tb`). Default true.
+    pub tensorboard: bool,
 }
 
 /// `[checkpoint]`: when checkpoints are written.
@@ -359,6 +362,7 @@ impl Default for LoggingSection {
             samples_every: 10,
             eval_every: 0,
             progress: true,
+            tensorboard: true,
         }
     }
 }
@@ -842,6 +846,7 @@ mod tests {
         assert_eq!(c.train.collective_timeout_s, 300.0);
         assert_eq!((c.train.device.as_str(), c.train.compute_dtype), ("cpu", Dtype::F32));
         assert_eq!((c.logging.samples_every, c.checkpoint.keep_last), (10, 3));
+        assert!(c.logging.tensorboard);
     }
 
     #[test]

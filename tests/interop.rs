@@ -293,3 +293,78 @@ fn eval_from_a_run_uses_the_runs_data_split_and_rollout_settings() {
     let r = cli(&["--run", dir.path().join("no-such-run").to_str().unwrap()]);
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("config.toml"), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+// ---------------------------------------------------------------------------------------------
+// logging.tensorboard
+
+use std::collections::BTreeMap;
+use tboard::tensorboard::{event::What, summary::value::Value as TbValue};
+
+/// Every scalar and text summary in `RUN/tb/`, read with tboard's reader: (tag, step) → values.
+fn tensorboard_events(run: &Path) -> (BTreeMap<(String, i64), Vec<f32>>, BTreeMap<i64, Vec<String>>, usize) {
+    let mut files: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let (mut scalars, mut texts) = (BTreeMap::<(String, i64), Vec<f32>>::new(), BTreeMap::<i64, Vec<String>>::new());
+    for f in &files {
+        assert!(f.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."), "{}", f.display());
+        for e in tboard::SummaryReader::new(std::fs::File::open(f).unwrap()) {
+            let e = e.unwrap();
+            let Some(What::Summary(s)) = e.what else { continue };
+            for v in s.value {
+                match v.value {
+                    Some(TbValue::SimpleValue(x)) => scalars.entry((v.tag, e.step)).or_default().push(x),
+                    Some(TbValue::Tensor(t)) => {
+                        assert_eq!(v.metadata.unwrap().plugin_data.unwrap().plugin_name, "text");
+                        texts.entry(e.step).or_default().push(String::from_utf8(t.string_val[0].clone()).unwrap());
+                    }
+                    other => panic!("unexpected summary {other:?}"),
+                }
+            }
+        }
+    }
+    (scalars, texts, files.len())
+}
+
+/// A run stopped after step 3 whose last checkpoint is step 2, resumed to step 4: RUN/tb/ holds
+/// every metrics.jsonl scalar (eval ones included) and the sampled thoughts once per step, with
+/// the values of metrics.jsonl, and no step twice.
+#[test]
+fn tensorboard_logs_every_metric_once_across_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let knobs = ["checkpoint.every=2", "logging.eval_every=2", "logging.samples_every=1"];
+    let with = |steps: &str| tiny_config(&[knobs.as_slice(), &[steps]].concat());
+    Trainer::new(with("train.steps=3"), run, false).unwrap().run().unwrap();
+    let (before, _, _) = tensorboard_events(run);
+    assert!(before.contains_key(&("loss".to_string(), 3)));
+    // the run "died" after logging step 3 and before its checkpoint
+    std::fs::remove_dir_all(run.join("checkpoints/step-000003")).unwrap();
+    Trainer::new(with("train.steps=4"), run, true).unwrap().run().unwrap();
+
+    let (scalars, texts, files) = tensorboard_events(run);
+    assert_eq!(files, 2, "one event file per session");
+    let lines = common::metrics(run);
+    assert_eq!(lines.iter().map(|m| m["step"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let mut expected = 0;
+    for m in &lines {
+        let step = m["step"].as_i64().unwrap();
+        for (k, v) in m.as_object().unwrap() {
+            let Some(x) = v.as_f64().or_else(|| v.as_bool().map(|b| b as u8 as f64)) else { continue };
+            if k == "step" {
+                continue;
+            }
+            expected += 1;
+            let got = scalars.get(&(k.clone(), step)).unwrap_or_else(|| panic!("{k} at step {step} missing"));
+            assert_eq!(got, &vec![x as f32], "{k} at step {step}");
+        }
+    }
+    assert_eq!(scalars.len(), expected, "scalars that are not in metrics.jsonl");
+    for step in [2, 4] {
+        assert!(scalars.contains_key(&("eval_nll".to_string(), step)) && scalars.contains_key(&("eval_acc_think".to_string(), step)));
+    }
+    assert_eq!(texts.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    for (step, t) in &texts {
+        assert_eq!(t.len(), 1, "step {step}: {t:?}");
+        assert!(t[0].contains("&lt;think&gt;") && t[0].contains("S_pred"), "{}", t[0]);
+    }
+}

@@ -10,4 +10,5 @@ pub mod progress;
 pub mod ntp;
 pub mod schedule;
 pub mod signals;
+pub mod tensorboard;
 pub mod trainer;

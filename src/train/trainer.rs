@@ -86,6 +86,8 @@ pub struct Trainer {
     /// Entropy-filtered fixed contexts (`data.fixed_contexts` with a filter) and the next one.
     pub(crate) fixed_pool: Vec<Context>,
     pub(crate) fixed_cursor: usize,
+    /// `logging.tensorboard`: rank 0's event file in RUN/tb/.
+    pub(crate) tensorboard: Option<super::tensorboard::TensorBoard>,
 }
 
 /// Everything sampled and scored for one rollout batch.
@@ -206,6 +208,7 @@ impl Trainer {
             start_step: 0,
             fixed_pool: Vec::new(),
             fixed_cursor: 0,
+            tensorboard: None,
         };
         if t.dist.is_root() {
             std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
@@ -218,6 +221,10 @@ impl Trainer {
                 None if run.join("config.toml").exists() => t.restart_without_checkpoint()?,
                 None => bail!("--resume: {} has no complete checkpoint to resume from", run.display()),
             }
+        }
+        if t.dist.is_root() && t.cfg.logging.tensorboard {
+            // after the resume: events past the checkpoint's step are dropped, as are those lines
+            t.tensorboard = Some(super::tensorboard::TensorBoard::open(run, t.step)?);
         }
         let resolved = t.cfg.to_toml_string()?;
         t.dist.check_same_on_all_ranks("resolved config", resolved.as_bytes())?; // [dist]
@@ -737,7 +744,7 @@ impl Trainer {
 
     /// Append to metrics.jsonl (with periodic eval fields) and print the progress line.
     /// Rank 0 alone logs (and evaluates); `m` must already be reduced over ranks.
-    pub(crate) fn log_step(&self, m: &Value) -> Result<()> {
+    pub(crate) fn log_step(&mut self, m: &Value) -> Result<()> {
         if !self.dist.is_root() {
             return Ok(());
         }
@@ -749,6 +756,9 @@ impl Trainer {
         }
         let m = &m;
         self.append_jsonl("metrics.jsonl", m)?;
+        if let Some(tb) = &mut self.tensorboard {
+            tb.log_metrics(m)?;
+        }
         if self.cfg.logging.progress {
             let total = self.cfg.train.steps as u64;
             let elapsed = self.started.elapsed().as_secs_f64();
@@ -768,7 +778,7 @@ impl Trainer {
     /// Each row is one thought, with the token ids that replay it: the model of checkpoint
     /// `step-{model_step}` on `prefix_ids`, `<think>`, `thought_ids`, `</think>`,
     /// `separator_ids` gives log p(`x_t_id`) = `s_pred` (`rlp score --ids`).
-    fn write_samples(&self, batch: &RolloutBatch) -> Result<()> {
+    fn write_samples(&mut self, batch: &RolloutBatch) -> Result<()> {
         if !self.dist.is_root() {
             return Ok(());
         }
@@ -800,6 +810,9 @@ impl Trainer {
                 }
                 self.append_jsonl("samples.jsonl", &rec)?;
             }
+        }
+        if let Some(tb) = &mut self.tensorboard {
+            tb.log_text(self.step, "samples", &samples_markdown(&self.tok, batch, TENSORBOARD_THOUGHTS)?)?;
         }
         Ok(())
     }
@@ -917,6 +930,35 @@ impl GradAccumulator {
     pub fn finish(self) -> Result<GradStore> {
         self.acc.context("no micro-batch was run: nothing to train on")
     }
+}
+
+/// Thoughts per rollout batch shown in TensorBoard's text tab.
+const TENSORBOARD_THOUGHTS: usize = 4;
+
+/// The first `n` thoughts of a batch as markdown: prefix tail, thought, true next token, S_pred
+/// and reward, one paragraph each.
+fn samples_markdown(tok: &Tok, batch: &RolloutBatch, n: usize) -> Result<String> {
+    let g = batch.thoughts.first().map_or(1, |t| t.len().max(1));
+    let quote = |s: String| format!("`{}`", s.replace('`', "'").replace('\n', "⏎"));
+    let mut out = Vec::new();
+    for (k, t) in batch.thoughts.iter().flatten().take(n).enumerate() {
+        let ctx = &batch.contexts[k / g];
+        let tail = &ctx.prefix[ctx.prefix.len().saturating_sub(32)..];
+        out.push(format!(
+            "**context {} · thought {}** (model step {}): …{} **&lt;think&gt;** {} **&lt;/think&gt;** → {} · S_pred {:.3} · S_ema {:.3} · reward {:+.3}{}",
+            batch.global_index[k / g],
+            k % g,
+            batch.model_step,
+            quote(tok.decode(tail)?),
+            quote(tok.decode(&t.ids)?),
+            quote(tok.decode(&[ctx.target])?),
+            t.s_pred,
+            batch.s_ema[k / g],
+            batch.rewards[k],
+            if t.closed { "" } else { " (budget hit)" },
+        ));
+    }
+    Ok(out.join("\n\n"))
 }
 
 /// The ids of one logged thought and its behaviour log-probs (tempered at
