@@ -212,6 +212,14 @@ fn rlp_export_cli_writes_a_gguf_that_rlp_scores_like_the_checkpoint() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stdout).contains("llama"), "{}", String::from_utf8_lossy(&run.stdout));
+    // tiny-think has no BPE merges: the empty list must still be typed as strings for llama.cpp
+    // (GGUF: after the 24-byte header, the first key `tokenizer.ggml.merges`, then ARRAY = 9 and
+    // its element type STRING = 8)
+    let bytes = std::fs::read(&out).unwrap();
+    let key = b"tokenizer.ggml.merges";
+    assert_eq!(&bytes[32..32 + key.len()], key);
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!((word(32 + key.len()), word(36 + key.len())), (9, 8));
     let seq = [3u64, 10, 1, 20, 30, 2, 12];
     let a = score_cli(&model, &seq)["logprobs_next"].clone();
     let b = score_cli(&out, &seq)["logprobs_next"].clone();

@@ -80,8 +80,11 @@ pub fn write_gguf(model: &Model, tokenizer: &tokenizers::Tokenizer, out: &Path, 
     if c.rope_scaling.is_some() {
         bail!("the model uses Llama 3 RoPE scaling, which rlp cannot write to GGUF (llama.cpp keeps it as a rope_freqs tensor): convert the saved Hugging Face checkpoint with llama.cpp's convert_hf_to_gguf.py instead");
     }
-    let mut meta = model_metadata(model, ty);
-    meta.extend(tokenizer_metadata(tokenizer, c.vocab_size, c.bos_token_id, &c.eos_token_ids)?);
+    let mut meta = tokenizer_metadata(tokenizer, c.vocab_size, c.bos_token_id, &c.eos_token_ids)?;
+    // an empty merges list goes first, where `mark_empty_merges_as_strings` finds it
+    meta.sort_by_key(|(k, v)| !(k == MERGES && matches!(v, G::Array(a) if a.is_empty())));
+    let empty_merges = matches!(&meta[0], (k, G::Array(a)) if k == MERGES && a.is_empty());
+    meta.extend(model_metadata(model, ty));
     let mut tensors = Vec::new();
     let mut fell_back = Vec::new();
     for (hf, t) in model.named_tensors() {
@@ -106,12 +109,15 @@ pub fn write_gguf(model: &Model, tokenizer: &tokenizers::Tokenizer, out: &Path, 
     }
     let tmp = out.with_extension("gguf.tmp");
     let written = (|| -> Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
+        let mut f = std::io::BufWriter::new(std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
         let meta_refs: Vec<(&str, &G)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut f, &meta_refs, &tensor_refs).map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
         use std::io::Write;
         f.flush()?;
+        if empty_merges {
+            mark_empty_merges_as_strings(f.get_mut())?;
+        }
         f.get_ref().sync_all()?;
         std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))
     })();
@@ -121,6 +127,31 @@ pub fn write_gguf(model: &Model, tokenizer: &tokenizers::Tokenizer, out: &Path, 
     }
     let bytes = std::fs::metadata(out)?.len();
     Ok(ExportSummary { tensors: tensors.len(), bytes, fell_back_to_f16: fell_back })
+}
+
+const MERGES: &str = "tokenizer.ggml.merges";
+
+/// candle's writer gives an empty array the element type U32, and llama.cpp refuses merges that
+/// are not a string array. With the empty merges list as the first key/value pair, its element
+/// type sits at a fixed offset: header (magic, version, tensor and key counts: 24 bytes), key
+/// length (8), key, value type ARRAY (4). Checked before it is overwritten with STRING (8).
+fn mark_empty_merges_as_strings(f: &mut std::fs::File) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const ARRAY: u32 = 9;
+    const U32: u32 = 4;
+    const STRING: u32 = 8;
+    let at = 24 + 8 + MERGES.len() as u64;
+    let mut buf = [0u8; 4 + 4 + 8]; // value type, element type, length
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(&mut buf)?;
+    let word = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap());
+    if word(0) != ARRAY || word(4) != U32 || buf[8..] != [0u8; 8] {
+        bail!("the GGUF writer did not put the empty {MERGES} where expected; cannot mark it as a string array");
+    }
+    f.seek(SeekFrom::Start(at + 4))?;
+    f.write_all(&STRING.to_le_bytes())?;
+    f.flush()?;
+    Ok(())
 }
 
 /// llama.cpp's Q/K row order for llama-architecture GGUFs: within each head of `hd` rows, new
