@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// step, with --grad-checkpoint: trained tokens per chunk of the policy head (`train.logprob_chunk`).
     #[arg(long, default_value_t = 1024)]
     pub logprob_chunk: usize,
+    /// step: repeat each context's prefix per thought in the policy forward instead of running it
+    /// once (`train.share_prefix = false`), to compare.
+    #[arg(long)]
+    pub no_share_prefix: bool,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -264,7 +268,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     const WARMUP: usize = 2;
     for _ in 0..reps.max(1) + WARMUP {
         let t0 = Instant::now();
-        let inp = thought_inputs(&policy, &rows, &p, false)?;
+        let inp = thought_inputs(&policy, &rows, &p, false, !a.no_share_prefix)?;
         let surrogate = |lp: &ThoughtLogprobs| Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0);
         let t1;
         if a.grad_checkpoint {
@@ -333,7 +337,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         "{}",
         json!({ "bench": "step", "contexts": b, "g": g, "prefix": a.prefix, "budget": budget, "params": n_params,
                 "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_flops.total() / total_s / 1e9,
-                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
+                "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "share_prefix": !a.no_share_prefix, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
     );
     Ok(())
 }

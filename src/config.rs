@@ -189,6 +189,11 @@ pub struct TrainSection {
     /// once. Default 1024.
     #[serde(default = "default_logprob_chunk")]
     pub logprob_chunk: usize,
+    /// The policy forward runs each context's prefix once and lets its thoughts (those in the
+    /// same micro-batch) attend to it, instead of repeating the prefix per thought. Same loss
+    /// and gradient (the prefix's gradients add up over its thoughts), fewer FLOPs. Default true.
+    #[serde(default = "default_true")]
+    pub share_prefix: bool,
     /// Consecutive steps with a non-finite loss or gradient that are skipped before the run stops
     /// with an error; 0 stops at the first. Default 3.
     #[serde(default = "default_max_consecutive_nonfinite")]

@@ -146,6 +146,19 @@ pub fn train_flops(shape: &ModelShape, seq_len: u64, trained_tokens: u64) -> f64
     3.0 * per_sequence / seq_len as f64 * trained_tokens as f64
 }
 
+/// Training FLOPs (3 × forward) of thoughts that branch off one prefix of `prefix_len` tokens:
+/// `branches[i] = (fed, trained)`, the tokens thought i feeds after the prefix and how many of
+/// them carry logits. Shared (`train.share_prefix`) the prefix runs once and each branch
+/// attends to it as to a cache; unshared every thought repeats the prefix.
+pub fn policy_train_flops(shape: &ModelShape, prefix_len: u64, branches: &[(u64, u64)], shared: bool) -> f64 {
+    let forward = if shared {
+        forward_flops(shape, 0, prefix_len, 0) + branches.iter().map(|&(fed, tr)| forward_flops(shape, prefix_len, fed, tr)).sum::<f64>()
+    } else {
+        branches.iter().map(|&(fed, tr)| forward_flops(shape, 0, prefix_len + fed, tr)).sum()
+    };
+    3.0 * forward
+}
+
 /// Shape of one RLP optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RlpStepShape {

@@ -45,7 +45,7 @@ fn main() {
         Command::Score(a) => cli::score(&a),
         Command::Generate(a) => cli::generate(&a),
         Command::Bench(a) => rlp::bench::run(&a),
-        Command::Demo(a) => rlp::demo::run::demo(&a),
+        Command::Demo(a) => rlp::demo::run::demo(&rlp::demo::run::DemoArgs { rlp_bin: std::env::current_exe().ok(), ..a }),
         Command::Train(a) => cli::train(&a),
         Command::Plan(a) => rlp::plan::plan(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rlp::demo::data::{train_demo_tokenizer, write_demo_data, DemoSizes};
-use rlp::demo::synth::{answer_task, PRETRAIN_WORKED_FRACTION, generate_corpus, generate_documents, AnswerItem, CorpusKind, Segment};
+use rlp::demo::synth::{answer_task, generate_corpus, generate_documents, AnswerItem, CorpusKind, Segment, LABELS, MAX_DIGITS, MIN_DIGITS, NULL_THOUGHT, PRETRAIN_PAUSE_FRACTION, PRETRAIN_WORKED_FRACTION};
 use rlp::model::init::{initializer_range, parameter_shapes, random_model, small_config_json, Init, SmallShape};
 use rlp::model::{target_logprobs, weights, Arch, Config, Model};
 use rlp::tokenizer::Tok;
@@ -63,53 +63,51 @@ fn corpus_files_are_read_by_the_corpus_reader() {
 }
 
 #[test]
-fn only_the_pretraining_split_has_thoughts() {
+fn thoughts_sit_where_the_design_says() {
     for kind in KINDS {
-        let docs = generate_documents(5, 200, kind);
-        let (mut problems, mut worked) = (0, 0);
+        let docs = generate_documents(5, 400, kind);
+        let (mut tallies, mut worked, mut segments, mut pauses) = (0, 0, 0, 0);
         for d in &docs {
             let text = d.render(kind.has_thoughts());
             let ps: Vec<_> = d.segments.iter().filter_map(|s| if let Segment::Problem(p) = s { Some(p) } else { None }).collect();
-            assert!(!ps.is_empty(), "a document without a problem: {text}");
-            let shown = if kind == CorpusKind::Pretrain { ps.iter().filter(|p| p.worked).count() } else { 0 };
-            assert_eq!((text.matches("<think>").count(), text.matches("</think>").count()), (shown, shown), "{kind:?}: {text}");
-            problems += ps.len();
-            worked += shown;
+            assert!(!ps.is_empty(), "a document without a tally: {text}");
+            if kind != CorpusKind::Pretrain {
+                assert!(!text.contains("<think>") && !text.contains("</think>"), "{kind:?} has a thought: {text}");
+                continue;
+            }
+            tallies += ps.len();
+            segments += d.segments.len();
+            // every thought is either a tally's working right before its answer, or the empty one
+            for part in text.split("<think>").skip(1) {
+                let (thought, _) = part.split_once("</think>").expect("a thought closes");
+                if thought == format!(" {NULL_THOUGHT}") {
+                    pauses += 1;
+                } else {
+                    worked += 1;
+                }
+            }
+            assert_eq!(text.matches("is<think>").count(), ps.iter().filter(|p| p.worked).count(), "{text}");
+            assert!(!text.contains(&format!("is<think> {NULL_THOUGHT}</think>")), "an empty thought at an answer: {text}");
         }
         if kind == CorpusKind::Pretrain {
-            let share = worked as f64 / problems as f64;
-            assert!((share - PRETRAIN_WORKED_FRACTION).abs() < 0.06, "{worked} of {problems} pretraining problems worked");
+            let share = worked as f64 / tallies as f64;
+            assert!((share - PRETRAIN_WORKED_FRACTION).abs() < 0.05, "{worked} of {tallies} tallies worked");
+            let share = pauses as f64 / segments as f64;
+            assert!((share - PRETRAIN_PAUSE_FRACTION).abs() < 0.05, "{pauses} empty thoughts in {segments} segments");
         }
     }
 }
 
-/// Every number in `s`, in order.
-fn numbers(s: &str) -> Vec<u64> {
-    s.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect()
-}
-
-/// The answer to the problem at the end of `prompt`, recomputed from its words.
-fn recompute(prompt: &str) -> u64 {
-    let sentences: Vec<&str> = prompt.split(". ").collect();
-    let last = *sentences.last().unwrap();
-    if last.starts_with("At the first stop") {
-        let n = numbers(&format!("{}. {last}", sentences[sentences.len() - 2]));
-        return n[0] - n[1] + n[2];
+/// The last digit of the sum of a tally's digits, read back from the prompt's text.
+fn recompute(prompt: &str) -> u32 {
+    let tally = prompt.rsplit("tally ").next().unwrap();
+    let words: Vec<&str> = tally.strip_suffix(" is").unwrap().split(' ').collect();
+    let mut sum = 0;
+    for (w, label) in words.iter().zip(LABELS) {
+        let digit = w.strip_prefix(label).unwrap_or_else(|| panic!("{w:?} has not the label {label}"));
+        sum += digit.parse::<u32>().unwrap();
     }
-    let (problem, n) = (last, numbers(last));
-    if problem.contains("more, so") {
-        n[0] + n[1]
-    } else if ["sold", "gave away", "lost"].iter().any(|w| problem.contains(w)) {
-        n[0] - n[1]
-    } else if problem.contains("boxes with") {
-        n[0] * n[1]
-    } else if problem.contains("hour") {
-        60 * n[0] + n[1]
-    } else if problem.contains("week") {
-        7 * n[0] + n[1]
-    } else {
-        panic!("unknown problem: {problem}")
-    }
+    sum % 10
 }
 
 #[test]
@@ -119,43 +117,30 @@ fn answers_are_correct() {
     for item in &items {
         assert_eq!(item.answer, recompute(&item.prompt).to_string(), "wrong answer for {:?}", item.prompt);
         assert!(!item.prompt.contains("<think>"));
+        assert!((MIN_DIGITS..=MAX_DIGITS).contains(&item.digits));
     }
-    // Every problem kind shows up.
-    for kind in ["more, so", "sold", "boxes with", "hour", "week", "bus"] {
-        assert!(items.iter().any(|i| i.prompt.rsplit(". ").take(2).any(|s| s.contains(kind))), "no {kind:?} problem");
+    for n in MIN_DIGITS..=MAX_DIGITS {
+        assert!(items.iter().any(|i| i.digits == n), "no tally of {n} digits");
     }
-}
-
-/// Value of `7+8`, `15-6-1`, `4*6+4`: + and - of products, left to right.
-fn eval(expr: &str) -> i64 {
-    let mut total = 0;
-    let mut sign = 1;
-    let mut term = String::new();
-    for c in expr.chars().chain(std::iter::once('+')) {
-        if c == '+' || c == '-' {
-            total += sign * term.split('*').map(|x| x.parse::<i64>().unwrap()).product::<i64>();
-            sign = if c == '+' { 1 } else { -1 };
-            term.clear();
-        } else {
-            term.push(c);
-        }
-    }
-    total
 }
 
 #[test]
 fn every_working_step_is_right_and_ends_in_the_answer() {
     let mut steps = 0;
-    for text in generate_corpus(4, 200, CorpusKind::Pretrain) {
-        for part in text.split("<think>").skip(1) {
+    for text in generate_corpus(4, 600, CorpusKind::Pretrain) {
+        for part in text.split("is<think>").skip(1) {
             let (thought, after) = part.split_once("</think>").unwrap();
-            let (_, result) = thought.rsplit_once("→ ").unwrap();
-            assert_eq!(numbers(after).first().map(|n| n.to_string()), Some(result.to_string()), "thought {thought:?} then {after:?}");
-            for eq in thought.split_whitespace().filter(|w| w.contains('=')) {
-                let (lhs, rhs) = eq.trim_end_matches(',').split_once('=').unwrap();
-                assert_eq!(eval(lhs), rhs.parse::<i64>().unwrap(), "wrong step {eq:?} in {thought:?}");
+            let before = text[..text.find(&format!("is<think>{part}")).unwrap()].replace(&format!("<think> {NULL_THOUGHT}</think>"), "");
+            let question = before.rsplit("tally ").next().unwrap();
+            let digits: Vec<u32> = question.split_whitespace().map(|w| w[1..].parse().unwrap()).collect();
+            let mut sum = 0;
+            for ((w, d), label) in thought.split_whitespace().zip(&digits).zip(LABELS) {
+                sum = (sum + d) % 10;
+                assert_eq!(*w, format!("{label}{sum}"), "wrong step in {thought:?} for {question:?}");
                 steps += 1;
             }
+            assert_eq!(thought.split_whitespace().count(), digits.len());
+            assert!(after.starts_with(&format!(" {sum}.")), "thought {thought:?} then {after:?}");
         }
     }
     assert!(steps > 1000, "only {steps} steps checked");
@@ -164,18 +149,20 @@ fn every_working_step_is_right_and_ends_in_the_answer() {
 // ---------------------------------------------------------------- tokenizer
 
 #[test]
-fn the_demo_tokenizer_splits_digits() {
-    let tok = demo_tok(300, 512);
+fn the_demo_tokenizer_encodes_answers_labels_and_thoughts_as_intended() {
+    let tok = demo_tok(2000, 320);
     let pieces = |text: &str| -> Vec<String> { tok.encode(text).unwrap().iter().map(|&i| tok.id_to_token(i).unwrap()).collect() };
-    assert_eq!(pieces(" 347"), ["Ġ3", "4", "7"]);
-    assert_eq!(pieces("7+8=15"), ["7", "+", "8", "=", "1", "5"]);
-    // The first digit of an answer is one token right after the word before it.
-    let had = pieces("so she had 615 apples.");
-    assert_eq!(had[had.len() - 5..], ["Ġ6", "1", "5", "Ġapples", "."]);
-    // No vocabulary entry holds more than one digit.
+    // a tally: the answer is one token right after "is"; each labelled digit is a label and a digit
+    assert_eq!(pieces("tally a4 b3 c8 is 5."), ["tally", "Ġa", "4", "Ġb", "3", "Ġc", "8", "Ġis", "Ġ5", "."]);
+    // the RLP layout: prefix, <think>, working, </think>, the answer token
+    assert_eq!(pieces(" is<think> a4 b7</think> 7."), ["Ġis", "<think>", "Ġa", "4", "Ġb", "7", "</think>", "Ġ7", "."]);
+    assert_eq!(pieces(" a4<think> -</think> b3"), ["Ġa", "4", "<think>", "Ġ-", "</think>", "Ġb", "3"]);
+    // real merges (the words are single tokens), and no token holds more than one digit
+    assert_eq!(pieces(" copy a1 as a1."), ["Ġcopy", "Ġa", "1", "Ġas", "Ġa", "1", "."]);
     for id in 0..tok.vocab_size() as u32 {
         let t = tok.id_to_token(id).unwrap();
         assert!(t.chars().filter(|c| c.is_ascii_digit()).count() <= 1, "token {t:?} holds several digits");
+        assert!(!t.contains("think") || t.starts_with('<'), "the tokenizer spent a merge on the think markers: {t:?}");
     }
     // Think markers are single special tokens, ids 1 and 2; text round-trips.
     assert_eq!((tok.think_id, tok.end_think_id, tok.eos_ids.clone()), (1, 2, vec![0]));
@@ -183,6 +170,21 @@ fn the_demo_tokenizer_splits_digits() {
     let ids = tok.encode(text).unwrap();
     assert_eq!(ids.iter().filter(|&&i| i == tok.think_id).count(), text.matches("<think>").count());
     assert_eq!(&tok.decode(&ids).unwrap(), text);
+}
+
+#[test]
+fn the_shipped_base_is_the_demo_tokenizer_and_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    rlp::demo::run::write_shipped_base(dir.path()).unwrap();
+    let loaded = weights::load(dir.path()).unwrap();
+    assert_eq!(loaded.model.cfg.vocab_size, rlp::demo::run::BASE.vocab);
+    let tok = Tok::from_tokenizer(loaded.tokenizer.unwrap(), false, "base").unwrap();
+    // the shipped tokenizer is the one the pretraining corpus of BASE.seed trains
+    let texts = generate_corpus(rlp::demo::run::BASE.seed, rlp::demo::run::BASE.pretrain_docs, CorpusKind::Pretrain);
+    let fresh = Tok::from_tokenizer(train_demo_tokenizer(&texts, rlp::demo::run::BASE.vocab).unwrap(), false, "fresh").unwrap();
+    for text in generate_corpus(1, 50, CorpusKind::Pretrain) {
+        assert_eq!(tok.encode(&text).unwrap(), fresh.encode(&text).unwrap(), "{text}");
+    }
 }
 
 // ---------------------------------------------------------------- random models

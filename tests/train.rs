@@ -116,6 +116,38 @@ fn gradient_checkpointing_and_a_chunked_head_give_the_same_policy_gradient() {
 }
 
 #[test]
+fn sharing_the_prefix_gives_the_same_policy_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 contexts × G = 4, ragged prefixes and thoughts, with the KL term
+    let mut t = Trainer::new(tiny_config(&["data.contexts_per_step=3", "objective.kl_coef=0.1"]), dir.path(), false).unwrap();
+    let batch = t.rollout_batch().unwrap();
+    let lens: Vec<usize> = batch.contexts.iter().map(|c| c.prefix.len()).collect();
+    assert!(lens.iter().any(|&l| l != lens[0]), "prefixes are not ragged: {lens:?}");
+    let idx: Vec<usize> = (0..12).collect();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    // (checkpointing, micro-batch): micro-batches of 5 split contexts between them
+    for (checkpointed, micro) in [(false, 12), (false, 5), (true, 12), (true, 5)] {
+        t.cfg.train.grad_checkpoint = checkpointed;
+        let mut runs = Vec::new();
+        for share in [false, true] {
+            t.cfg.train.share_prefix = share;
+            let pg = t.policy_gradient(&batch, &idx, 12, micro).unwrap();
+            let g: Vec<Vec<f32>> = t.vars.iter().map(|(_, v)| pg.grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+            runs.push((pg.loss, pg.entropy, pg.kl, pg.forward_tokens, g));
+        }
+        let ((l0, e0, k0, f0, g0), (l1, e1, k1, f1, g1)) = (&runs[0], &runs[1]);
+        assert!((l0 - l1).abs() <= 1e-6 && (e0 - e1).abs() <= 1e-5 * e0.abs() && (k0 - k1).abs() <= 1e-5 * k0.abs().max(1e-6), "loss/entropy/kl {l1} {e1} {k1} vs {l0} {e0} {k0}");
+        assert!(f1 < f0, "sharing did not cut the forward tokens: {f1} vs {f0}");
+        assert!(g0.iter().any(|g| norm(g) > 0.0), "the gradient is zero: nothing is compared");
+        for ((name, _), (a, b)) in t.vars.iter().zip(g0.iter().zip(g1)) {
+            let diff: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+            let rel = norm(&diff) / norm(a).max(1e-30);
+            assert!(rel < 1e-5, "{name}: shared-prefix gradient differs by {rel:e} relative (checkpointed {checkpointed}, micro {micro})");
+        }
+    }
+}
+
+#[test]
 fn resume_is_exact() {
     let straight = tempfile::tempdir().unwrap();
     Trainer::new(tiny_config(&["checkpoint.every=3"]), straight.path(), false).unwrap().run().unwrap();

@@ -49,7 +49,7 @@ pub fn write_demo_data(dir: &Path, seed: u64, sizes: DemoSizes) -> Result<DemoDa
     Ok(data)
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, rows: impl Iterator<Item = T>) -> Result<()> {
+pub fn write_jsonl<T: Serialize>(path: &Path, rows: impl Iterator<Item = T>) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = BufWriter::new(file);
     for row in rows {
@@ -62,5 +62,8 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: impl Iterator<Item = T>) -> Resu
 /// A byte-level BPE tokenizer for the demo, trained on `texts` (the pretraining split): digits
 /// are single tokens (`Ġ3 4 7`), the special tokens are `DEMO_SPECIAL_TOKENS`.
 pub fn train_demo_tokenizer(texts: &[String], vocab_size: usize) -> Result<tokenizers::Tokenizer> {
-    train_byte_level_bpe_with(texts.iter(), vocab_size, &DEMO_SPECIAL_TOKENS, DigitSplit::Individual)
+    // The trainer would read "<think>" as text and spend merges on it ("thin", "-</"): it learns
+    // from the words only, the special tokens being added whole.
+    let words = texts.iter().map(|t| DEMO_SPECIAL_TOKENS.iter().fold(t.clone(), |t, s| t.replace(s, " ")));
+    train_byte_level_bpe_with(words, vocab_size, &DEMO_SPECIAL_TOKENS, DigitSplit::Individual)
 }

@@ -1,74 +1,94 @@
 //! `rlp demo`: the paper's comparison in miniature, in one command.
 //!
-//! 1. Synthetic data and a digit-splitting BPE tokenizer (`data.rs`, `synth.rs`).
-//! 2. A small Llama, randomly initialised, pretrained from scratch by rlp itself with the NTP
-//!    objective on text where half of the problems show their working in `<think>…</think>`
-//!    (cached in `OUT/base/`: a rerun with the same seed and size skips it).
-//! 3. From that base, with the same optimizer and steps: RLP, RPT, and CPT (NTP on the same
-//!    training split) given exactly the FLOPs the RLP run spent (`flops::flop_matched_cpt_tokens`).
-//! 4. Every model (base, CPT, RLP, RPT) evaluated: held-out loss (`nll`), think-then-predict on
-//!    held-out positions (`think`), and exact-match answers on held-out problems with and without
-//!    a thought (`answers`); then `report.md` and PNG plots.
+//! 1. The base: a 0.63M-parameter Llama pretrained from scratch by rlp (NTP) on the tally world of
+//!    `synth.rs`, where half the tallies show their working in a thought. It is shipped in the
+//!    binary (`assets/demo-base/`, sha256-checked when written out); `--pretrain-base` makes it
+//!    again from scratch (`pretrain_base`, about 15 minutes on our 2-core machine).
+//! 2. Per seed: thought-free training and held-out text drawn from the seed, the gate (does a
+//!    thought help the base, and can it not already answer without one?), then from the same base
+//!    RLP (uniform positions, as in the paper), RPT, and CPT given exactly the FLOPs the RLP run
+//!    spent. RLP and RPT run side by side, one process each, when an `rlp` binary is at hand.
+//! 3. Every model evaluated on the held-out tallies with and without a thought, greedy (accuracy
+//!    with its standard error), and by held-out loss; RLP and CPT also at their intermediate
+//!    checkpoints (the accuracy curve). `results.json`, `report.md` and PNG plots.
 //!
-//! Everything runs on one thread (candle's CPU thread pool costs more than it gives at these
-//! sizes) and is seeded: the same seed gives the same table.
+//! Everything is seeded: the same seed gives the same `results.json`.
 
-use super::data::{train_demo_tokenizer, write_demo_data, DemoSizes};
+use super::data::write_jsonl;
 use super::synth::{answer_matches, answer_task, generate_corpus, AnswerItem, CorpusKind};
 use crate::config::TrainConfig;
 use crate::eval::generate::{think_then_answer, GenSpec};
-use crate::eval::{heldout_contexts, nll_eval, think_eval, EvalResult, Metrics};
-use crate::model::init::{random_model, small_config_json, SmallShape};
-use crate::model::{self, Arch, Config, Model};
-use crate::rollout::RolloutParams;
-use crate::sampling::SamplingParams;
+use crate::eval::nll_eval;
+use crate::model::{self, Config, Model};
+use crate::report::plot::line_plot;
 use crate::tokenizer::Tok;
 use crate::train::trainer::Trainer;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::SeedableRng;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct DemoArgs {
-    /// A smaller model and fewer steps (under 3 minutes): a smoke test of the pipeline.
+    /// Fewer steps and evaluation items (under 2 minutes): a smoke test of the pipeline.
     #[arg(long)]
     pub quick: bool,
     /// Output directory.
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
+    /// Seed of everything after the base: data, held-out items, rollouts, the three runs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Run the comparison for this many seeds (seed, seed + 1, …) and report mean ± std.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// Pretrain the base from scratch (into OUT/base; about 15 minutes on 2 cores) instead of
+    /// using the shipped one. The result is bitwise the shipped base.
+    #[arg(long)]
+    pub pretrain_base: bool,
+    /// The rlp binary to run RLP and RPT side by side as child processes; none: one after the
+    /// other in this process. The CLI passes itself.
+    #[arg(skip)]
+    pub rlp_bin: Option<PathBuf>,
 }
 
-/// The demo's sizes.
+/// How the shipped base was made (`pretrain_base`): the pretraining world's seed, corpus,
+/// tokenizer, shape and NTP schedule.
+pub struct BasePlan {
+    pub seed: u64,
+    pub pretrain_docs: usize,
+    pub vocab: usize,
+    pub steps: usize,
+    pub lr: f64,
+}
+
+pub const BASE: BasePlan = BasePlan { seed: 0, pretrain_docs: 60_000, vocab: 320, steps: 3000, lr: 5e-3 };
+
+/// The demo's sizes after the base.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Plan {
-    sizes: (usize, usize, usize),
-    vocab: usize,
-    layers: usize,
-    hidden: usize,
-    ffn: usize,
-    pretrain_steps: usize,
-    pretrain_lr: f64,
+    train_docs: usize,
+    heldout_docs: usize,
+    eval_items: usize,
     contexts: usize,
     g: usize,
     budget: usize,
+    temperature: f64,
     rl_steps: usize,
     rl_lr: f64,
-    eval_contexts: usize,
-    eval_k: usize,
-    answer_items: usize,
+    /// RLP and CPT checkpoints every this many steps, evaluated on `curve_items` items.
+    curve_every: usize,
+    curve_items: usize,
 }
 
 impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
-            Plan { sizes: (2000, 400, 40), vocab: 256, layers: 2, hidden: 128, ffn: 384, pretrain_steps: 250, pretrain_lr: 3e-3, contexts: 4, g: 8, budget: 48, rl_steps: 8, rl_lr: 3e-4, eval_contexts: 16, eval_k: 2, answer_items: 24 }
+            Plan { train_docs: 2000, heldout_docs: 150, eval_items: 300, contexts: 16, g: 8, budget: 16, temperature: 0.7, rl_steps: 20, rl_lr: 1e-4, curve_every: 10, curve_items: 100 }
         } else {
-            Plan { sizes: (6000, 2000, 150), vocab: 384, layers: 3, hidden: 192, ffn: 512, pretrain_steps: 500, pretrain_lr: 2e-3, contexts: 8, g: 8, budget: 64, rl_steps: 24, rl_lr: 3e-4, eval_contexts: 48, eval_k: 4, answer_items: 100 }
+            Plan { train_docs: 8000, heldout_docs: 500, eval_items: 1000, contexts: 64, g: 8, budget: 16, temperature: 0.7, rl_steps: 150, rl_lr: 1e-4, curve_every: 30, curve_items: 300 }
         }
     }
 }
@@ -79,108 +99,198 @@ fn stage(t0: &Instant, what: &str) {
 
 pub fn demo(a: &DemoArgs) -> Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", "1");
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
     let t0 = Instant::now();
-    let plan = Plan::new(a.quick);
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     // absolute: the configs written below resolve relative paths against their own directory
     let out = &a.out.canonicalize().with_context(|| format!("cannot resolve {}", a.out.display()))?;
-
-    stage(&t0, "writing the synthetic corpora and training the tokenizer");
-    let data_dir = out.join("data");
-    let (p, t, h) = plan.sizes;
-    let data = write_demo_data(&data_dir, a.seed, DemoSizes { pretrain_docs: p, train_docs: t, heldout_docs: h })?;
-    let tok_path = data_dir.join("tokenizer.json");
-    let tokenizer = train_demo_tokenizer(&generate_corpus(a.seed, p, CorpusKind::Pretrain), plan.vocab)?;
-    Tok::from_tokenizer(tokenizer, false, "demo tokenizer")?.save(&tok_path)?;
-
     let base = out.join("base");
-    let marker = base.join("demo-base.json");
-    let want = json!({"seed": a.seed, "plan": plan});
-    let cached = std::fs::read_to_string(&marker).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()) == Some(want.clone());
-    if cached {
-        stage(&t0, &format!("base model: cached in {}", base.display()));
+    if a.pretrain_base {
+        stage(&t0, &format!("pretraining the base from scratch ({} NTP steps; about 15 minutes on 2 cores)", BASE.steps));
+        pretrain_base(out, &base)?;
     } else {
-        stage(&t0, &format!("pretraining the base model from scratch ({} NTP steps)", plan.pretrain_steps));
-        pretrain_base(out, &plan, a.seed, &tok_path, &data.pretrain, &base)?;
-        model::weights::write_json(&marker, &want)?;
+        write_shipped_base(&base)?;
+        stage(&t0, &format!("base: the shipped one ({}), sha256 checked", base.display()));
     }
-
-    let rl = |name: &str, extra: &str| -> Result<PathBuf> {
-        let run = out.join(name);
-        let _ = std::fs::remove_dir_all(&run);
-        let cfg = write_config(out, name, &rl_config(&plan, a.seed, &base, &data.train, extra))?;
-        stage(&t0, &format!("{name}: {} steps from the base", plan.rl_steps));
-        Trainer::new(TrainConfig::load(&cfg, &[])?, &run, false)?.run()?;
-        Ok(run)
-    };
-    let rlp_run = rl("rlp", "")?;
-    let rlp_flops = last_metric(&rlp_run, "flops_total")?;
-    let rpt_run = rl("rpt", "name = \"rpt\"\nadvantage = \"grpo\"\n")?;
-    let base_cfg = Config::from_file(&base.join("config.json"))?;
-    let shape = crate::flops::ModelShape::from_config(&base_cfg);
-    let cpt_tokens = crate::flops::flop_matched_cpt_tokens(&shape, 128, rlp_flops);
-    let per_step = (cpt_tokens / plan.rl_steps as f64).ceil() as usize;
-    stage(&t0, &format!("cpt: {:.0} NTP tokens = the RLP run's {:.3e} FLOPs", cpt_tokens, rlp_flops));
-    let cpt_run = out.join("cpt");
-    let _ = std::fs::remove_dir_all(&cpt_run);
-    let cfg = write_config(out, "cpt", &rl_config(&plan, a.seed, &base, &data.train, &format!("name = \"ntp\"\nntp_tokens_per_step = {per_step}\n")))?;
-    Trainer::new(TrainConfig::load(&cfg, &[])?, &cpt_run, false)?.run()?;
-
-    let evals = out.join("evals");
-    let _ = std::fs::remove_dir_all(&evals);
-    let models = [("base", base.clone()), ("cpt", last_checkpoint(&cpt_run)?), ("rlp", last_checkpoint(&rlp_run)?), ("rpt", last_checkpoint(&rpt_run)?)];
-    for (name, path) in &models {
-        stage(&t0, &format!("evaluating {name}"));
-        evaluate(name, path, &plan, a.seed, &data.heldout, &evals)?;
+    let plan = Plan::new(a.quick);
+    let mut per_seed = Vec::new();
+    for s in a.seed..a.seed + a.seeds as u64 {
+        let dir = if a.seeds == 1 { out.clone() } else { out.join(format!("seed-{s}")) };
+        per_seed.push(compare(a, &plan, s, &base, &dir, &t0)?);
     }
-    stage(&t0, "writing the report");
-    let report = crate::report::cli::run_report(&crate::report::cli::ReportArgs { dirs: vec![evals.clone(), rlp_run, rpt_run, cpt_run], out: out.clone() })?;
-    let mut md = std::fs::read_to_string(&report)?;
-    md.insert_str(
-        md.find('\n').map(|i| i + 1).unwrap_or(0),
-        &format!(
-            "\n`rlp demo{}` (seed {}): a {:.2}M-parameter Llama pretrained from scratch on synthetic arithmetic text, then {} steps of RLP, RPT and compute-matched CPT ({:.3e} FLOPs each) from that base. Total {:.0} s.\n",
-            if a.quick { " --quick" } else { "" },
-            a.seed,
-            base_cfg.num_params() as f64 / 1e6,
-            plan.rl_steps,
-            rlp_flops,
-            t0.elapsed().as_secs_f64()
-        ),
-    );
-    std::fs::write(&report, md)?;
-    println!("{}", std::fs::read_to_string(&report)?);
-    stage(&t0, &format!("done: {}", report.display()));
+    if a.seeds > 1 {
+        let summary = summarize(&per_seed);
+        model::weights::write_json(&out.join("results.json"), &json!({"seeds": per_seed, "summary": summary}))?;
+        let md = seeds_markdown(&per_seed, &summary);
+        std::fs::write(out.join("report.md"), &md)?;
+        println!("{md}");
+    }
+    stage(&t0, &format!("done: {}", out.join("report.md").display()));
     Ok(())
 }
 
-fn write_config(out: &Path, name: &str, text: &str) -> Result<PathBuf> {
-    let dir = out.join("configs");
-    std::fs::create_dir_all(&dir)?;
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
-    Ok(p)
+/// One seed's comparison in `dir`; returns its `results.json`.
+fn compare(a: &DemoArgs, plan: &Plan, seed: u64, base: &Path, dir: &Path, t0: &Instant) -> Result<Value> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir)?;
+    stage(t0, &format!("seed {seed}: writing the thought-free training and held-out text"));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let train = data.join("train.jsonl");
+    let heldout = data.join("heldout.jsonl");
+    let text_lines = |kind, n| generate_corpus(seed, n, kind).into_iter().map(|text| json!({ "text": text }));
+    write_jsonl(&train, text_lines(CorpusKind::Train, plan.train_docs))?;
+    write_jsonl(&heldout, text_lines(CorpusKind::Heldout, plan.heldout_docs))?;
+    let items: Vec<AnswerItem> = answer_task(seed, plan.heldout_docs).into_iter().take(plan.eval_items).collect();
+    if items.len() < plan.eval_items {
+        bail!("only {} held-out tallies for {} evaluation items", items.len(), plan.eval_items);
+    }
+    write_jsonl(&data.join("answers.jsonl"), items.iter())?;
+
+    let base_eval = evaluate(base, &items, &heldout, seed)?;
+    let gate = gate(&base_eval);
+    stage(
+        t0,
+        &format!(
+            "gate: the base answers {:.1}% with a thought, {:.1}% without (n = {}): {}",
+            100.0 * base_eval.acc_think,
+            100.0 * base_eval.acc_no_think,
+            base_eval.n,
+            if gate["passed"] == true { "passed" } else { "NOT passed: the comparison below means little" }
+        ),
+    );
+
+    let write = |name: &str, text: String| write_config(dir, name, &text);
+    let rlp_cfg = write("rlp", rl_config(plan, seed, base, &train, ""))?;
+    let rpt_cfg = write("rpt", rl_config(plan, seed, base, &train, "name = \"rpt\"\nadvantage = \"grpo\"\nrpt_entropy_threshold = 1.0\n"))?;
+    let (rlp_run, rpt_run, cpt_run) = (dir.join("rlp"), dir.join("rpt"), dir.join("cpt"));
+    let base_shape = crate::flops::ModelShape::from_config(&Config::from_file(&base.join("config.json"))?);
+    let cpt_after_rlp = |log: &dyn Fn(&str)| -> Result<()> {
+        let rlp_flops = last_metric(&rlp_run, "flops_total")?;
+        let tokens = crate::flops::flop_matched_cpt_tokens(&base_shape, 128, rlp_flops);
+        let per_step = (tokens / plan.rl_steps as f64).ceil() as usize;
+        log(&format!("cpt: {tokens:.0} NTP tokens = the RLP run's {rlp_flops:.3e} FLOPs"));
+        let cfg = write("cpt", rl_config(plan, seed, base, &train, &format!("name = \"ntp\"\nntp_tokens_per_step = {per_step}\n")))?;
+        train_run(a.rlp_bin.as_deref(), &cfg, &cpt_run)
+    };
+    match &a.rlp_bin {
+        Some(bin) => {
+            stage(t0, &format!("rlp and rpt side by side, then cpt: {} steps each from the base (logs in {}/NAME.log)", plan.rl_steps, dir.display()));
+            std::thread::scope(|sc| -> Result<()> {
+                let rpt = sc.spawn(|| train_run(Some(bin), &rpt_cfg, &rpt_run));
+                train_run(Some(bin), &rlp_cfg, &rlp_run)?;
+                cpt_after_rlp(&|m| stage(t0, m))?;
+                rpt.join().map_err(|_| anyhow::anyhow!("the rpt run panicked"))?
+            })?;
+        }
+        None => {
+            for (name, cfg, run) in [("rlp", &rlp_cfg, &rlp_run), ("rpt", &rpt_cfg, &rpt_run)] {
+                stage(t0, &format!("{name}: {} steps from the base", plan.rl_steps));
+                train_run(None, cfg, run)?;
+            }
+            cpt_after_rlp(&|m| stage(t0, m))?;
+        }
+    }
+
+    let mut models = serde_json::Map::new();
+    models.insert("base".into(), base_eval.to_json(0.0));
+    for (name, run) in [("cpt", &cpt_run), ("rlp", &rlp_run), ("rpt", &rpt_run)] {
+        stage(t0, &format!("evaluating {name}"));
+        let e = evaluate(&last_checkpoint(run)?, &items, &heldout, seed)?;
+        models.insert(name.into(), e.to_json(last_metric(run, "flops_total")?));
+    }
+    stage(t0, "accuracy over steps (RLP and CPT checkpoints)");
+    let curve_items = &items[..plan.curve_items.min(items.len())];
+    let mut curves = serde_json::Map::new();
+    for (name, run) in [("rlp", &rlp_run), ("cpt", &cpt_run)] {
+        let mut points = vec![json!({"step": 0, "acc_best": evaluate_answers(base, curve_items, seed)?.acc_best()})];
+        for (step, ck) in crate::train::checkpoint::list(run)? {
+            points.push(json!({"step": step, "acc_best": evaluate_answers(&ck, curve_items, seed)?.acc_best()}));
+        }
+        curves.insert(name.into(), Value::Array(points));
+    }
+    let results = json!({
+        "seed": seed,
+        "seconds": started.elapsed().as_secs_f64(),
+        "gate": gate,
+        "models": models,
+        "curves": curves,
+        "plan": plan,
+    });
+    model::weights::write_json(&dir.join("results.json"), &results)?;
+    plots(dir, &rlp_run, &results)?;
+    let md = report_markdown(&results, a.quick);
+    std::fs::write(dir.join("report.md"), &md)?;
+    println!("{md}");
+    Ok(results)
 }
 
-fn pretrain_base(out: &Path, plan: &Plan, seed: u64, tok_path: &Path, corpus: &Path, base: &Path) -> Result<()> {
-    let tok = Tok::from_file(tok_path, false)?;
-    let shape = SmallShape { layers: plan.layers, hidden: plan.hidden, heads: 4, kv_heads: 2, ffn: plan.ffn, max_positions: 1024, tie_embeddings: true };
-    let cfg = Config::from_json(small_config_json(Arch::Llama, tok.vocab_size(), &shape, tok.eos_ids.first().copied())?)?;
+/// The gate: a thought must help the base by more than two combined standard errors, and the
+/// base must not already answer most tallies without one.
+fn gate(base: &Evaluation) -> Value {
+    let se = (base.se(base.acc_think).powi(2) + base.se(base.acc_no_think).powi(2)).sqrt();
+    let passed = base.acc_think - base.acc_no_think > 2.0 * se && base.acc_no_think < 0.5;
+    json!({"base_acc_think": base.acc_think, "base_acc_no_think": base.acc_no_think, "passed": passed})
+}
+
+/// Write the shipped base (embedded in the binary) into `dir` and check it against its sha256.
+pub fn write_shipped_base(dir: &Path) -> Result<()> {
+    const FILES: [(&str, &[u8]); 4] = [
+        ("config.json", include_bytes!("../../assets/demo-base/config.json")),
+        ("generation_config.json", include_bytes!("../../assets/demo-base/generation_config.json")),
+        ("model.safetensors", include_bytes!("../../assets/demo-base/model.safetensors")),
+        ("tokenizer.json", include_bytes!("../../assets/demo-base/tokenizer.json")),
+    ];
+    let sums = include_str!("../../assets/demo-base/SHA256SUMS");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in FILES {
+        use sha2::Digest;
+        let got = format!("{:x}", sha2::Sha256::digest(bytes));
+        let want = sums.lines().find_map(|l| l.strip_suffix(name).map(str::trim)).with_context(|| format!("assets/demo-base/SHA256SUMS lists no {name}"))?;
+        if got != want {
+            bail!("the shipped demo base's {name} has sha256 {got}, SHA256SUMS says {want}: the checkout is damaged (a Git LFS pointer?); fetch it again, or run `rlp demo --pretrain-base`");
+        }
+        std::fs::write(dir.join(name), bytes).with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+    }
+    Ok(())
+}
+
+/// Pretrain the base from scratch into `base` (cached: a rerun with a complete `base` skips it):
+/// the pretraining corpus of `BASE.seed`, its tokenizer, a random 3-layer Llama, NTP. The shipped
+/// base is what this writes (`rlp demo --pretrain-base --out DIR`, then DIR/base).
+pub fn pretrain_base(out: &Path, base: &Path) -> Result<()> {
+    let marker = base.join("demo-base.json");
+    let want = json!({"seed": BASE.seed, "docs": BASE.pretrain_docs, "vocab": BASE.vocab, "steps": BASE.steps, "lr": BASE.lr});
+    if std::fs::read_to_string(&marker).ok().and_then(|s| serde_json::from_str::<Value>(&s).ok()) == Some(want.clone()) {
+        return Ok(());
+    }
+    let data = out.join("pretrain-data");
+    std::fs::create_dir_all(&data)?;
+    let texts = generate_corpus(BASE.seed, BASE.pretrain_docs, CorpusKind::Pretrain);
+    let corpus = data.join("pretrain.jsonl");
+    write_jsonl(&corpus, texts.iter().map(|t| json!({ "text": t })))?;
+    let tok_path = data.join("tokenizer.json");
+    Tok::from_tokenizer(super::data::train_demo_tokenizer(&texts, BASE.vocab)?, false, "demo tokenizer")?.save(&tok_path)?;
+    let tok = Tok::from_file(&tok_path, false)?;
+    let shape = crate::model::init::SmallShape { layers: 3, hidden: 128, heads: 4, kv_heads: 2, ffn: 384, max_positions: 256, tie_embeddings: true };
+    let cfg = Config::from_json(crate::model::init::small_config_json(crate::model::Arch::Llama, tok.vocab_size(), &shape, tok.eos_ids.first().copied())?)?;
     let init = out.join("init");
     let _ = std::fs::remove_dir_all(&init);
-    model::weights::save_dir(&random_model(&cfg, seed)?, Some(tok.inner()), &init, candle_core::DType::F32)?;
+    model::weights::save_dir(&crate::model::init::random_model(&cfg, BASE.seed)?, Some(tok.inner()), &init, candle_core::DType::F32)?;
     let run = out.join("pretrain");
     let _ = std::fs::remove_dir_all(&run);
     let text = format!(
-        "[model]\npath = {init:?}\n[data]\npath = {corpus:?}\ncontexts_per_step = 8\nmax_context = 128\n[objective]\nname = \"ntp\"\n\
-         [optim]\nlr = {lr}\nwarmup_steps = {w}\nschedule = \"cosine\"\nmin_lr = {min}\n[train]\nsteps = {steps}\nseed = {seed}\nthreads = 1\n\
-         [logging]\nprogress = true\n[checkpoint]\nkeep_last = 1\n",
+        "[model]\npath = {init:?}\n[data]\npath = {corpus:?}\ncontexts_per_step = 16\nmax_context = 128\n[objective]\nname = \"ntp\"\n\
+         [optim]\nlr = {lr}\nwarmup_steps = 100\nschedule = \"cosine\"\nmin_lr = {min}\n[train]\nsteps = {steps}\nseed = {seed}\nthreads = 1\n\
+         [logging]\nprogress = true\n[checkpoint]\nkeep_last = 1\nevery = 500\n",
         init = init.display().to_string(),
         corpus = corpus.display().to_string(),
-        lr = plan.pretrain_lr,
-        w = plan.pretrain_steps / 12,
-        min = plan.pretrain_lr / 10.0,
-        steps = plan.pretrain_steps,
+        lr = BASE.lr,
+        min = BASE.lr / 10.0,
+        steps = BASE.steps,
+        seed = BASE.seed,
     );
     let cfg = write_config(out, "pretrain", &text)?;
     Trainer::new(TrainConfig::load(&cfg, &[])?, &run, false)?.run()?;
@@ -190,24 +300,63 @@ fn pretrain_base(out: &Path, plan: &Plan, seed: u64, tok_path: &Path, corpus: &P
     for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
         std::fs::copy(ck.join(f), base.join(f)).with_context(|| format!("cannot copy {f} into {}", base.display()))?;
     }
-    Ok(())
+    model::weights::write_json(&marker, &want)
 }
 
-/// RLP / RPT / CPT from the base: same data, contexts, steps and optimizer. Positions are
-/// entropy-filtered (no-think entropy > 1 nat) for RLP and RPT alike.
+fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let dir = dir.join("configs");
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(p)
+}
+
+/// Train `cfg` into `run` (replacing it): as a child `rlp train` process writing `run/train.log`,
+/// or in this process.
+fn train_run(bin: Option<&Path>, cfg: &Path, run: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(run);
+    match bin {
+        None => Trainer::new(TrainConfig::load(cfg, &[])?, run, false)?.run(),
+        Some(bin) => {
+            let log_path = run.with_extension("log");
+            let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+            let status = std::process::Command::new(bin)
+                .args(["train", "--config"])
+                .arg(cfg)
+                .arg("--out")
+                .arg(run)
+                .env("RAYON_NUM_THREADS", "1")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .status()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            if !status.success() {
+                bail!("`rlp train --config {}` failed ({status}); its output is in {}", cfg.display(), log_path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// RLP / RPT / CPT from the base: same data, contexts, steps and optimizer. RLP draws its
+/// positions uniformly, as in the paper; RPT filters them by the base's entropy, as RPT does.
 fn rl_config(plan: &Plan, seed: u64, base: &Path, train: &Path, objective: &str) -> String {
     format!(
         "[model]\npath = {base:?}\n[data]\npath = {train:?}\ncontexts_per_step = {b}\nmax_context = 128\n\
-         [rollout]\ng = {g}\nthought_budget = {budget}\ntemperature = 1.0\n\
-         [objective]\nrpt_entropy_threshold = 1.0\n{objective}\
-         [optim]\nlr = {lr}\n[train]\nsteps = {steps}\nseed = {seed}\nthreads = 1\n[logging]\nsamples_every = 5\n[checkpoint]\nkeep_last = 1\n",
+         [rollout]\ng = {g}\nthought_budget = {budget}\ntemperature = {temp}\n\
+         [objective]\n{objective}\
+         [optim]\nlr = {lr}\nwarmup_steps = 5\n[train]\nsteps = {steps}\nseed = {seed}\nthreads = 1\n\
+         [logging]\nsamples_every = 10\nprogress = true\n[checkpoint]\nevery = {every}\nkeep_last = {keep}\n",
         base = base.display().to_string(),
         train = train.display().to_string(),
         b = plan.contexts,
         g = plan.g,
         budget = plan.budget,
+        temp = plan.temperature,
         lr = plan.rl_lr,
         steps = plan.rl_steps,
+        every = plan.curve_every,
+        keep = plan.rl_steps / plan.curve_every + 1,
     )
 }
 
@@ -217,60 +366,152 @@ fn last_checkpoint(run: &Path) -> Result<PathBuf> {
 
 fn last_metric(run: &Path, key: &str) -> Result<f64> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
-    let last: serde_json::Value = serde_json::from_str(text.lines().last().context("empty metrics.jsonl")?)?;
+    let last: Value = serde_json::from_str(text.lines().last().context("empty metrics.jsonl")?)?;
     last[key].as_f64().with_context(|| format!("{} has no {key}", run.display()))
 }
 
-/// nll, think and answers for one model; results in `evals/NAME/{nll,think,answers}.json`.
-fn evaluate(name: &str, path: &Path, plan: &Plan, seed: u64, heldout: &Path, evals: &Path) -> Result<()> {
-    let loaded = model::weights::load(path)?;
-    let tok = Tok::from_tokenizer(loaded.tokenizer.context("model without tokenizer")?, false, &path.display().to_string())?;
-    let m = loaded.model.detached()?;
-    let corpus = crate::data::corpus::Corpus::open(heldout, "text")?;
-    let docs = crate::data::corpus::TokenizedCorpus::build(&corpus, |t| tok.encode(t), 9, 0)?.train;
-    let doc_refs: Vec<&[u32]> = (0..docs.len()).map(|i| docs.tokens(i)).collect();
-    let dir = evals.join(name);
-    let result = |task: &str, n: usize, metrics: Metrics| EvalResult { task: task.into(), model: name.into(), n, metrics, settings: json!({"seed": seed}), examples: vec![] };
-
-    result("nll", docs.total_tokens(), nll_eval(&m, &tok, &doc_refs, 128)?).write(&dir.join("nll.json"))?;
-
-    let contexts = heldout_contexts(&docs, plan.eval_contexts, seed, 8, 128)?;
-    let sampling = SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0 };
-    let p = RolloutParams::for_tokenizer(&tok, m.cfg.vocab_size, plan.eval_k, plan.budget, sampling);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    result("think", contexts.len(), think_eval(&m, &contexts, &p, &mut rng)?).write(&dir.join("think.json"))?;
-
-    let items: Vec<AnswerItem> = answer_task(seed, plan.sizes.2).into_iter().take(plan.answer_items).collect();
-    result("answers", items.len(), answer_accuracy(&m, &tok, &items, plan.budget, &mut rng)?).write(&dir.join("answers.json"))?;
-    Ok(())
+/// One model's held-out numbers.
+pub struct Evaluation {
+    pub acc_think: f64,
+    pub acc_no_think: f64,
+    pub n: usize,
+    pub heldout_nll: f64,
 }
 
-/// Exact-match accuracy (fraction) on held-out problems: greedy answer straight after the prompt
-/// (`acc_no_think`), and greedy thought then answer (`acc_think`).
-fn answer_accuracy(m: &Model, tok: &Tok, items: &[AnswerItem], budget: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Result<Metrics> {
+impl Evaluation {
+    /// Standard error of an accuracy over the n items.
+    fn se(&self, acc: f64) -> f64 {
+        (acc * (1.0 - acc) / self.n as f64).sqrt()
+    }
+
+    fn acc_best(&self) -> f64 {
+        self.acc_think.max(self.acc_no_think)
+    }
+
+    fn to_json(&self, flops: f64) -> Value {
+        let best = self.acc_best();
+        json!({"acc_think": self.acc_think, "acc_no_think": self.acc_no_think, "acc_best": best, "acc_best_se": self.se(best),
+               "n": self.n, "heldout_nll": self.heldout_nll, "flops_total": flops})
+    }
+}
+
+fn load(path: &Path) -> Result<(Model, Tok)> {
+    let loaded = model::weights::load(path)?;
+    let tok = Tok::from_tokenizer(loaded.tokenizer.context("model without tokenizer")?, false, &path.display().to_string())?;
+    Ok((loaded.model.detached()?, tok))
+}
+
+/// Accuracy with and without a thought on `items`, and held-out loss (nats per token) on `heldout`.
+fn evaluate(path: &Path, items: &[AnswerItem], heldout: &Path, seed: u64) -> Result<Evaluation> {
+    let mut e = evaluate_answers(path, items, seed)?;
+    let (m, tok) = load(path)?;
+    let corpus = crate::data::corpus::Corpus::open(heldout, "text")?;
+    let docs = crate::data::corpus::TokenizedCorpus::build(&corpus, |t| tok.encode(t), 2, 0)?.train;
+    let doc_refs: Vec<&[u32]> = (0..docs.len()).map(|i| docs.tokens(i)).collect();
+    e.heldout_nll = nll_eval(&m, &tok, &doc_refs, 128)?.get("nll").copied().context("nll eval gave no nll")?;
+    Ok(e)
+}
+
+/// Exact-match accuracy (fraction) on the tallies: greedy answer straight after the prompt
+/// (`acc_no_think`), and greedy thought then greedy answer (`acc_think`).
+pub fn evaluate_answers(path: &Path, items: &[AnswerItem], seed: u64) -> Result<Evaluation> {
     if items.is_empty() {
         bail!("the demo's answer task has no items");
     }
-    let mut metrics = Metrics::new();
-    for (key, think) in [("acc_no_think", false), ("acc_think", true)] {
-        let prompts: Vec<Vec<u32>> = items
-            .iter()
-            .map(|it| {
-                let mut ids = tok.encode(&it.prompt)?;
-                if think {
-                    ids.push(tok.think_id);
-                }
-                Ok(ids)
-            })
-            .collect::<Result<_>>()?;
-        let spec = GenSpec { think_budget: if think { budget } else { 0 }, answer_tokens: 8, sampling: None };
+    let (m, tok) = load(path)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed); // unused by greedy decoding
+    let mut acc = [0.0; 2];
+    for (slot, think) in [false, true].into_iter().enumerate() {
+        let spec = GenSpec { think_budget: if think { 16 } else { 0 }, answer_tokens: 2, sampling: None, answer_sampling: None };
         let mut right = 0usize;
-        for (chunk, its) in prompts.chunks(16).zip(items.chunks(16)) {
-            for (g, it) in think_then_answer(m, tok, chunk, &spec, rng)?.iter().zip(its) {
+        for chunk in items.chunks(64) {
+            let prompts: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|it| {
+                    let mut ids = tok.encode(&it.prompt)?;
+                    if think {
+                        ids.push(tok.think_id);
+                    }
+                    Ok(ids)
+                })
+                .collect::<Result<_>>()?;
+            for (g, it) in think_then_answer(&m, &tok, &prompts, &spec, &mut rng)?.iter().zip(chunk) {
                 right += usize::from(answer_matches(&tok.decode(&g.answer)?, &it.answer));
             }
         }
-        metrics.insert(key.into(), right as f64 / items.len() as f64);
+        acc[slot] = right as f64 / items.len() as f64;
     }
-    Ok(metrics)
+    Ok(Evaluation { acc_no_think: acc[0], acc_think: acc[1], n: items.len(), heldout_nll: f64::NAN })
+}
+
+/// `rlp-reward.png` (RLP's reward over steps) and `accuracy.png` (held-out acc_best over steps,
+/// RLP and CPT).
+fn plots(dir: &Path, rlp_run: &Path, results: &Value) -> Result<()> {
+    let reward = crate::report::cli::run_series(rlp_run, &["reward_mean"])?;
+    let smooth: Vec<(f64, f64)> = reward[0].1.windows(10).map(|w| (w[9].0, w.iter().map(|p| p.1).sum::<f64>() / 10.0)).collect();
+    line_plot(&dir.join("rlp-reward.png"), "RLP reward (S_pred − S_ema, mean over the step's thoughts)", "nats", &[("per step".into(), reward[0].1.clone()), ("mean of 10 steps".into(), smooth)])?;
+    let curve = |name: &str| -> Vec<(f64, f64)> {
+        results["curves"][name].as_array().map(|a| a.iter().map(|p| (p["step"].as_f64().unwrap_or(0.0), 100.0 * p["acc_best"].as_f64().unwrap_or(0.0))).collect()).unwrap_or_default()
+    };
+    line_plot(&dir.join("accuracy.png"), "Held-out tally accuracy (better of think / no think)", "% correct", &[("RLP".into(), curve("rlp")), ("CPT (same FLOPs)".into(), curve("cpt"))])
+}
+
+fn report_markdown(r: &Value, quick: bool) -> String {
+    let g = &r["gate"];
+    let pct = |v: &Value| format!("{:.1}", 100.0 * v.as_f64().unwrap_or(f64::NAN));
+    let mut md = format!(
+        "# rlp demo{}, seed {}\n\n{:.0} s. Base: the shipped 0.63M-parameter Llama. Gate: the base answers {}% of held-out tallies with a thought and {}% without: **{}**.\n\n",
+        if quick { " --quick" } else { "" },
+        r["seed"],
+        r["seconds"].as_f64().unwrap_or(0.0),
+        pct(&g["base_acc_think"]),
+        pct(&g["base_acc_no_think"]),
+        if g["passed"] == true { "passed" } else { "not passed" }
+    );
+    md.push_str("| model | acc think % | acc no think % | acc best % ± se | held-out nll | FLOPs |\n|---|---|---|---|---|---|\n");
+    for name in ["base", "cpt", "rlp", "rpt"] {
+        let m = &r["models"][name];
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} ± {} | {:.4} | {:.3e} |\n",
+            pct(&m["acc_think"]),
+            pct(&m["acc_no_think"]),
+            pct(&m["acc_best"]),
+            pct(&m["acc_best_se"]),
+            m["heldout_nll"].as_f64().unwrap_or(f64::NAN),
+            m["flops_total"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    md.push_str(&format!("\nn = {} held-out tallies per model. Plots: `rlp-reward.png`, `accuracy.png`.\n", r["models"]["base"]["n"]));
+    md
+}
+
+/// Mean and (sample) standard deviation of each model's acc_best over seeds, and of RLP − CPT.
+fn summarize(per_seed: &[Value]) -> Value {
+    let stats = |xs: Vec<f64>| {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let std = if xs.len() > 1 { (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        json!({"mean": mean, "std": std})
+    };
+    let best = |r: &Value, m: &str| r["models"][m]["acc_best"].as_f64().unwrap_or(f64::NAN);
+    let mut s = serde_json::Map::new();
+    for m in ["base", "cpt", "rlp", "rpt"] {
+        s.insert(m.into(), stats(per_seed.iter().map(|r| best(r, m)).collect()));
+    }
+    s.insert("rlp_minus_cpt".into(), stats(per_seed.iter().map(|r| best(r, "rlp") - best(r, "cpt")).collect()));
+    s.insert("gates_passed".into(), json!(per_seed.iter().filter(|r| r["gate"]["passed"] == true).count()));
+    Value::Object(s)
+}
+
+fn seeds_markdown(per_seed: &[Value], summary: &Value) -> String {
+    let pct = |v: &Value| format!("{:.1}", 100.0 * v.as_f64().unwrap_or(f64::NAN));
+    let mut md = String::from("# rlp demo over seeds: acc best % (± se)\n\n| seed | gate | base | cpt | rlp | rpt | rlp − cpt |\n|---|---|---|---|---|---|---|\n");
+    for r in per_seed {
+        let cell = |m: &str| format!("{} ± {}", pct(&r["models"][m]["acc_best"]), pct(&r["models"][m]["acc_best_se"]));
+        let diff = r["models"]["rlp"]["acc_best"].as_f64().unwrap_or(f64::NAN) - r["models"]["cpt"]["acc_best"].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!("| {} | {} | {} | {} | {} | {} | {:+.1} |\n", r["seed"], if r["gate"]["passed"] == true { "passed" } else { "no" }, cell("base"), cell("cpt"), cell("rlp"), cell("rpt"), 100.0 * diff));
+    }
+    let ms = |m: &str| format!("{} ± {}", pct(&summary[m]["mean"]), pct(&summary[m]["std"]));
+    md.push_str(&format!("| mean ± std | {}/{} | {} | {} | {} | {} | {} |\n", summary["gates_passed"], per_seed.len(), ms("base"), ms("cpt"), ms("rlp"), ms("rpt"), ms("rlp_minus_cpt")));
+    md
 }

@@ -1,18 +1,26 @@
-//! The demo's synthetic world: short documents of plain prose mixed with arithmetic stated in
-//! words, where the next token after "so she had" is hard to guess in one step and easy after a
-//! few lines of working. Generated from a seed with ChaCha8, so a seed always gives the same
-//! bytes on every machine.
+//! The demo's synthetic world: short documents of tallies, copies and plain prose, where the
+//! token after "is" is hard to get in one step and easy after a few lines of working.
+//! Generated from a seed with ChaCha8, so a seed always gives the same bytes on every machine.
 //!
-//! A problem reads `"Mara had 347 apples and bought 268 more, so she had 615 apples."`. In the
-//! pretraining split the worked solution sits in a thought right before the answer, in the
-//! token layout RLP uses (`prefix<think> working</think> answer`):
-//! `"…so she had<think> 347 + 268: 7+8=15 carry 1, 4+6+1=11 carry 1, 3+2+1=6 → 615</think> 615 apples."`
-//! Half the pretraining problems (`PRETRAIN_WORKED_FRACTION`) show their working; the
-//! RLP/CPT training split and the held-out split carry no thoughts. Problem kinds: addition,
-//! subtraction, multiplication by one digit, hours/weeks conversions, and a two-step bus problem.
-//! What this leaves out: natural language variety (a few templates), numbers past four digits.
+//! A tally reads `"tally a4 b3 c8 d1 is 6."`: the answer is the last digit of the sum of the
+//! digits (4+3+8+1 = 16). Its working is the running last digit, one labelled step per digit,
+//! `"a4 b7 c5 d6"`: each step needs only the previous step and the digit with the same label in
+//! the question (a copy any two-layer transformer can learn: find the label, take the token
+//! after it), while the answer straight after "is" needs all digits summed in one forward pass.
+//! In the pretraining split half the tallies (`PRETRAIN_WORKED_FRACTION`) show their working in
+//! a thought right before the answer, in the token layout RLP uses
+//! (`prefix<think> working</think> answer`):
+//! `"tally a4 b3 c8 d1 is<think> a4 b7 c5 d6</think> 6."`.
+//!
+//! Copies, `"copy a4 b3 c8 as a4 b3 c8."`, teach the same label lookup in plain text (they are
+//! what makes induction appear early in a tiny model). Plain prose has nothing to work out.
+//!
+//! Thoughts are in distribution wherever RLP samples a position: besides the worked tallies,
+//! the pretraining split puts an empty thought (`<think> -</think>`, `NULL_THOUGHT`) before one
+//! random word of most segments, so the base learns that a thought away from a tally's answer is
+//! a dash, changes nothing, and costs two tokens. The RLP/CPT/RPT training split and the held-out
+//! split carry no thoughts at all.
 
-use super::working::{addition, multiplication, subtraction};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +28,7 @@ use rand_chacha::ChaCha8Rng;
 /// Which split a document belongs to; each has its own ChaCha8 stream of the seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CorpusKind {
-    /// Pretraining text for the base model: worked solutions in `<think>…</think>` blocks.
+    /// Pretraining text for the base model: worked tallies and empty thoughts.
     Pretrain,
     /// The text RLP, RPT and continued pretraining train on: no thoughts.
     Train,
@@ -42,28 +50,50 @@ impl CorpusKind {
     }
 }
 
-/// One arithmetic statement whose answer is its last number: `lead answer tail`.
+/// The share of pretraining tallies shown with their working. The rest are stated plainly, so
+/// the base model also predicts answers without thinking (badly) and `<think>` is a choice.
+pub const PRETRAIN_WORKED_FRACTION: f64 = 0.5;
+
+/// The share of pretraining segments with an empty thought before one of their words.
+pub const PRETRAIN_PAUSE_FRACTION: f64 = 0.6;
+
+/// The thought the pretraining text puts where there is nothing to work out.
+pub const NULL_THOUGHT: &str = "-";
+
+/// Labels of a tally's digits, in order: a tally has at most this many digits.
+pub const LABELS: [char; 8] = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
+
+/// Digits per tally: 2 to `MAX_DIGITS`, uniform.
+pub const MIN_DIGITS: usize = 2;
+pub const MAX_DIGITS: usize = 6;
+
+/// A tally: `lead answer tail`, where the answer is the last digit of the sum of the digits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
-    /// The text before the answer, without the space before it ("…, so she had").
+    pub digits: Vec<u8>,
+    /// The text before the answer, without the space before it (`"tally a4 b3 c8 d1 is"`).
     pub lead: String,
-    /// The worked solution, ending in `→ answer`.
+    /// The worked solution: the running last digit, labelled (`"a4 b7 c5 d6"`).
     pub working: String,
-    pub answer: u64,
-    /// The text after the answer (" apples.").
+    pub answer: u8,
+    /// The text after the answer (`"."`).
     pub tail: String,
-    /// Whether the pretraining split shows this problem's working (drawn for every split, so a
+    /// Whether the pretraining split shows this tally's working (drawn for every split, so a
     /// seed's documents are the same in each; only `Pretrain` renders it).
     pub worked: bool,
+    /// Byte offset of a space in `lead` before which the pretraining split puts an empty thought.
+    pub pause: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Segment {
-    Prose(String),
+    /// Text with no answer to work out (prose or a copy), and where an empty thought goes in
+    /// pretraining (byte offset of a space in the text).
+    Plain { text: String, pause: Option<usize> },
     Problem(Problem),
 }
 
-/// A document: sentences of prose and problems, joined by single spaces.
+/// A document: segments joined by single spaces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     pub segments: Vec<Segment>,
@@ -76,70 +106,86 @@ pub struct AnswerItem {
     pub prompt: String,
     /// The answer's digits.
     pub answer: String,
+    /// How many digits the tally sums.
+    pub digits: usize,
+}
+
+/// `text` with an empty thought inserted before the space at byte `at`.
+fn with_pause(text: &str, at: Option<usize>) -> String {
+    match at {
+        Some(i) => format!("{}<think> {NULL_THOUGHT}</think>{}", &text[..i], &text[i..]),
+        None => text.to_string(),
+    }
 }
 
 impl Problem {
     fn render(&self, with_thoughts: bool) -> String {
-        if with_thoughts && self.worked {
-            format!("{}<think> {}</think> {}{}", self.lead, self.working, self.answer, self.tail)
+        if !with_thoughts {
+            return format!("{} {}{}", self.lead, self.answer, self.tail);
+        }
+        let lead = with_pause(&self.lead, self.pause);
+        if self.worked {
+            format!("{lead}<think> {}</think> {}{}", self.working, self.answer, self.tail)
         } else {
-            format!("{} {}{}", self.lead, self.answer, self.tail)
+            format!("{lead} {}{}", self.answer, self.tail)
+        }
+    }
+}
+
+impl Segment {
+    fn render(&self, with_thoughts: bool) -> String {
+        match self {
+            Segment::Plain { text, pause } => {
+                if with_thoughts {
+                    with_pause(text, *pause)
+                } else {
+                    text.clone()
+                }
+            }
+            Segment::Problem(p) => p.render(with_thoughts),
         }
     }
 }
 
 impl Document {
-    /// The document's text; `with_thoughts` puts each worked problem's working before its answer.
+    /// The document's text; `with_thoughts` adds the working of worked tallies and the empty
+    /// thoughts (the pretraining split).
     pub fn render(&self, with_thoughts: bool) -> String {
-        let parts: Vec<String> = self
-            .segments
-            .iter()
-            .map(|s| match s {
-                Segment::Prose(p) => p.clone(),
-                Segment::Problem(p) => p.render(with_thoughts),
-            })
-            .collect();
+        let parts: Vec<String> = self.segments.iter().map(|s| s.render(with_thoughts)).collect();
         parts.join(" ")
     }
 
-    /// One answer item per problem: the thought-free text up to that problem's answer.
+    /// One answer item per tally: the thought-free text up to that tally's answer.
     pub fn answer_items(&self) -> Vec<AnswerItem> {
         let mut items = Vec::new();
         let mut before: Vec<String> = Vec::new();
         for s in &self.segments {
-            match s {
-                Segment::Prose(p) => before.push(p.clone()),
-                Segment::Problem(p) => {
-                    let mut prompt = before.join(" ");
-                    if !prompt.is_empty() {
-                        prompt.push(' ');
-                    }
-                    prompt.push_str(&p.lead);
-                    items.push(AnswerItem { prompt, answer: p.answer.to_string() });
-                    before.push(p.render(false));
+            if let Segment::Problem(p) = s {
+                let mut prompt = before.join(" ");
+                if !prompt.is_empty() {
+                    prompt.push(' ');
                 }
+                prompt.push_str(&p.lead);
+                items.push(AnswerItem { prompt, answer: p.answer.to_string(), digits: p.digits.len() });
             }
+            before.push(s.render(false));
         }
         items
     }
 }
 
 /// True when `completion` (generated after an item's prompt) starts with the answer, leading
-/// whitespace ignored, and the number ends there ("615 apples" matches 615, "6150" does not).
+/// whitespace ignored, and the number ends there ("6." matches 6, "61" does not).
 pub fn answer_matches(completion: &str, answer: &str) -> bool {
     let rest = completion.trim_start();
     rest.strip_prefix(answer).is_some_and(|after| !after.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// The share of pretraining problems shown with their working. The rest are stated plainly, so
-/// the base model also predicts answers without thinking (badly) and `<think>` is a choice.
-pub const PRETRAIN_WORKED_FRACTION: f64 = 0.5;
-
 /// `n_docs` documents of a split. The first k documents do not depend on `n_docs`.
 pub fn generate_documents(seed: u64, n_docs: usize, kind: CorpusKind) -> Vec<Document> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(kind.stream());
-    (0..n_docs).map(|_| document(&mut rng)).collect()
+    (0..n_docs).map(|_| document(&mut rng, kind)).collect()
 }
 
 /// The texts of `n_docs` documents of a split (with thoughts only for `Pretrain`).
@@ -152,105 +198,97 @@ pub fn answer_task(seed: u64, n_docs: usize) -> Vec<AnswerItem> {
     generate_documents(seed, n_docs, CorpusKind::Heldout).iter().flat_map(Document::answer_items).collect()
 }
 
-/// 4 to 7 sentences, each a problem with probability 0.6, at least one problem.
-fn document(rng: &mut ChaCha8Rng) -> Document {
-    let n = rng.gen_range(4..=7);
-    let mut segments: Vec<Segment> =
-        (0..n).map(|_| if rng.gen_bool(0.6) { Segment::Problem(problem(rng)) } else { Segment::Prose(prose(rng)) }).collect();
+/// What a split's segments are made of, out of 20: tallies, copies, and prose the rest.
+/// Pretraining is half copies, which make the label lookup appear early (a base pretrained on
+/// the RLP split's mix, with copies a quarter of the segments, was still at chance after 6M
+/// tokens); the text RLP and CPT train on, and the held-out text, are tallies and prose.
+fn mix(kind: CorpusKind) -> (u32, u32) {
+    match kind {
+        CorpusKind::Pretrain => (9, 10),
+        CorpusKind::Train | CorpusKind::Heldout => (16, 0),
+    }
+}
+
+/// 2 to 4 segments drawn from the split's `mix`; at least one tally.
+fn document(rng: &mut ChaCha8Rng, kind: CorpusKind) -> Document {
+    let (tallies, copies) = mix(kind);
+    let n = rng.gen_range(2..=4);
+    let mut segments: Vec<Segment> = (0..n)
+        .map(|_| {
+            let x = rng.gen_range(0..20);
+            if x < tallies {
+                Segment::Problem(tally(rng))
+            } else {
+                let text = if x < tallies + copies { copy(rng) } else { prose(rng) };
+                plain(rng, text)
+            }
+        })
+        .collect();
     if !segments.iter().any(|s| matches!(s, Segment::Problem(_))) {
         let i = rng.gen_range(0..n);
-        segments[i] = Segment::Problem(problem(rng));
+        segments[i] = Segment::Problem(tally(rng));
     }
     Document { segments }
 }
 
-const PEOPLE: [(&str, &str); 12] = [
-    ("Mara", "she"), ("Tom", "he"), ("Ines", "she"), ("Omar", "he"), ("Lena", "she"), ("Ravi", "he"),
-    ("Sofia", "she"), ("Jonas", "he"), ("Aiko", "she"), ("Pablo", "he"), ("Nadia", "she"), ("Felix", "he"),
-];
-const THINGS: [&str; 12] =
-    ["apples", "marbles", "stamps", "coins", "books", "shells", "pencils", "cards", "beads", "cookies", "stickers", "buttons"];
-const GAINS: [&str; 3] = ["bought", "found", "was given"];
-const LOSSES: [&str; 3] = ["sold", "gave away", "lost"];
+/// A random space of `text` (a word boundary that is also a token boundary), or none, with
+/// probability `PRETRAIN_PAUSE_FRACTION` of one.
+fn pause_point(rng: &mut ChaCha8Rng, text: &str) -> Option<usize> {
+    let spaces: Vec<usize> = text.match_indices(' ').map(|(i, _)| i).collect();
+    if spaces.is_empty() || !rng.gen_bool(PRETRAIN_PAUSE_FRACTION) {
+        return None;
+    }
+    spaces.choose(rng).copied()
+}
+
+fn plain(rng: &mut ChaCha8Rng, text: String) -> Segment {
+    let pause = pause_point(rng, &text);
+    Segment::Plain { text, pause }
+}
+
+fn labelled(digits: &[u8]) -> String {
+    digits.iter().zip(LABELS).map(|(d, l)| format!("{l}{d}")).collect::<Vec<_>>().join(" ")
+}
+
+fn random_digits(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let n = rng.gen_range(MIN_DIGITS..=MAX_DIGITS);
+    (0..n).map(|_| rng.gen_range(0..10)).collect()
+}
+
+/// The running last digit of the sum: `[4, 3, 8, 1]` → `[4, 7, 5, 6]`.
+pub fn running_last_digit(digits: &[u8]) -> Vec<u8> {
+    let mut sum = 0u8;
+    digits.iter().map(|d| {
+        sum = (sum + d) % 10;
+        sum
+    }).collect()
+}
+
+fn tally(rng: &mut ChaCha8Rng) -> Problem {
+    let worked = rng.gen_bool(PRETRAIN_WORKED_FRACTION);
+    let digits = random_digits(rng);
+    let running = running_last_digit(&digits);
+    let answer = *running.last().expect("a tally has digits");
+    let lead = format!("tally {} is", labelled(&digits));
+    let pause = pause_point(rng, &lead);
+    Problem { working: labelled(&running), answer, lead, tail: ".".into(), worked, pause, digits }
+}
+
+/// `"copy a4 b3 c8 as a4 b3 c8."`
+fn copy(rng: &mut ChaCha8Rng) -> String {
+    let s = labelled(&random_digits(rng));
+    format!("copy {s} as {s}.")
+}
+
+const SUBJECTS: [&str; 10] =
+    ["The old dog", "A small boat", "The baker", "My neighbour", "The river", "A grey cat", "The boy", "The teacher", "A tall tree", "The wind"];
+const VERBS: [&str; 8] = ["rested", "waited", "moved slowly", "was quiet", "sang softly", "looked happy", "stood still", "went home"];
+const PLACES: [&str; 7] = ["by the bridge", "near the market", "in the garden", "at the edge of town", "under the clouds", "on the hill", "by the sea"];
+const TIMES: [&str; 5] = ["in the morning", "after lunch", "all day", "at night", "before the rain"];
 
 fn pick<'a, T>(rng: &mut ChaCha8Rng, xs: &'a [T]) -> &'a T {
     xs.choose(rng).expect("word lists are not empty")
 }
-
-/// `n unit` with the unit singular for 1 ("1 hour", "3 hours").
-fn count(n: u64, unit: &str) -> String {
-    if n == 1 {
-        format!("1 {unit}")
-    } else {
-        format!("{n} {unit}s")
-    }
-}
-
-/// A two- or three-digit number.
-fn number(rng: &mut ChaCha8Rng) -> u64 {
-    if rng.gen_bool(0.3) {
-        rng.gen_range(10..100)
-    } else {
-        rng.gen_range(100..1000)
-    }
-}
-
-fn problem(rng: &mut ChaCha8Rng) -> Problem {
-    let worked = rng.gen_bool(PRETRAIN_WORKED_FRACTION);
-    Problem { worked, ..unworked_problem(rng) }
-}
-
-fn unworked_problem(rng: &mut ChaCha8Rng) -> Problem {
-    let (name, pronoun) = *pick(rng, &PEOPLE);
-    let thing = *pick(rng, &THINGS);
-    match rng.gen_range(0..6) {
-        0 => {
-            let (a, b) = (number(rng), number(rng));
-            let gain = pick(rng, &GAINS);
-            let lead = format!("{name} had {a} {thing} and {gain} {b} more, so {pronoun} had");
-            Problem { lead, working: addition(a, b), answer: a + b, tail: format!(" {thing}."), worked: false }
-        }
-        1 => {
-            let a = rng.gen_range(100..1000);
-            let b = rng.gen_range(10..a);
-            let loss = pick(rng, &LOSSES);
-            let lead = format!("{name} had {a} {thing} and {loss} {b}, so {pronoun} had");
-            Problem { lead, working: subtraction(a, b), answer: a - b, tail: format!(" {thing} left."), worked: false }
-        }
-        2 => {
-            let (a, k) = (rng.gen_range(12..100), rng.gen_range(3..10));
-            let lead = format!("{name} filled {a} boxes with {k} {thing} each, so {pronoun} had");
-            Problem { lead, working: multiplication(a, k), answer: a * k, tail: format!(" {thing} in all."), worked: false }
-        }
-        3 => {
-            let (h, m) = (rng.gen_range(1..10), rng.gen_range(1..60));
-            let lead = format!("{} and {} is", count(h, "hour"), count(m, "minute"));
-            let working = format!("{h}*60={}, {}", h * 60, addition(h * 60, m));
-            Problem { lead, working, answer: h * 60 + m, tail: " minutes.".into(), worked: false }
-        }
-        4 => {
-            let (w, d) = (rng.gen_range(2..30), rng.gen_range(1..7));
-            let lead = format!("{} and {} is", count(w, "week"), count(d, "day"));
-            let working = format!("{}, {}", multiplication(w, 7), addition(w * 7, d));
-            Problem { lead, working, answer: w * 7 + d, tail: " days.".into(), worked: false }
-        }
-        _ => {
-            let a = rng.gen_range(20..200);
-            let (off, on) = (rng.gen_range(1..a), rng.gen_range(1..100));
-            let lead = format!(
-                "A bus left the station with {a} passengers. At the first stop {off} got off and {on} got on, so the bus then carried"
-            );
-            let working = format!("{}, {}", subtraction(a, off), addition(a - off, on));
-            Problem { lead, working, answer: a - off + on, tail: " passengers.".into(), worked: false }
-        }
-    }
-}
-
-const SUBJECTS: [&str; 10] =
-    ["The old dog", "A small boat", "The baker", "My neighbour", "The river", "A grey cat", "The children", "The teacher", "A tall tree", "The wind"];
-const VERBS: [&str; 8] = ["rested", "waited", "moved slowly", "was quiet", "sang softly", "looked happy", "stood still", "went home"];
-const PLACES: [&str; 7] = ["by the bridge", "near the market", "in the garden", "at the edge of town", "under the clouds", "on the hill", "by the sea"];
-const TIMES: [&str; 5] = ["in the morning", "after lunch", "all day", "at night", "before the rain"];
 
 /// A plain sentence with nothing to compute: "The baker waited near the market after lunch."
 fn prose(rng: &mut ChaCha8Rng) -> String {
@@ -268,16 +306,23 @@ mod tests {
 
     #[test]
     fn answer_matching_needs_the_whole_number() {
-        assert!(answer_matches(" 615 apples.", "615"));
-        assert!(answer_matches("615", "615"));
-        assert!(!answer_matches(" 6150", "615"));
-        assert!(!answer_matches(" 61", "615"));
-        assert!(!answer_matches("apples 615", "615"));
+        assert!(answer_matches(" 6.", "6"));
+        assert!(answer_matches("6", "6"));
+        assert!(!answer_matches(" 61", "6"));
+        assert!(!answer_matches(" 5", "6"));
+        assert!(!answer_matches("a6", "6"));
+    }
+
+    #[test]
+    fn running_last_digit_by_hand() {
+        assert_eq!(running_last_digit(&[4, 3, 8, 1]), vec![4, 7, 5, 6]);
+        assert_eq!(running_last_digit(&[9, 9]), vec![9, 8]);
+        assert_eq!(labelled(&[4, 7, 5]), "a4 b7 c5");
     }
 
     #[test]
     fn answer_items_follow_the_rendered_text() {
-        let docs = generate_documents(7, 20, CorpusKind::Heldout);
+        let docs = generate_documents(7, 50, CorpusKind::Heldout);
         for d in &docs {
             let text = d.render(false);
             for item in d.answer_items() {
@@ -288,8 +333,14 @@ mod tests {
     }
 
     #[test]
-    fn singular_units() {
-        assert_eq!(count(1, "hour"), "1 hour");
-        assert_eq!(count(3, "day"), "3 days");
+    fn pauses_sit_before_a_space_and_never_at_an_answer() {
+        let docs = generate_documents(3, 200, CorpusKind::Pretrain);
+        let mut pauses = 0;
+        for d in &docs {
+            let text = d.render(true);
+            pauses += text.matches(&format!("<think> {NULL_THOUGHT}</think> ")).count();
+            assert!(!text.contains(&format!("is<think> {NULL_THOUGHT}</think>")), "{text}");
+        }
+        assert!(pauses > 200, "only {pauses} empty thoughts in 200 documents");
     }
 }

@@ -90,6 +90,7 @@ pub fn bench_eval(
         think_budget: o.think_budget,
         answer_tokens: o.answer_tokens,
         sampling: None,
+        answer_sampling: None,
     };
     let greedy = generate_batched(model, tok, &prompts, &greedy_spec, o.batch, rng)?;
     let sampled_prompts: Vec<Vec<u32>> = prompts
@@ -98,6 +99,7 @@ pub fn bench_eval(
         .collect();
     let sample_spec = GenSpec {
         sampling: Some(o.sampling),
+        answer_sampling: Some(o.sampling),
         ..greedy_spec
     };
     let sampled = generate_batched(model, tok, &sampled_prompts, &sample_spec, o.batch, rng)?;

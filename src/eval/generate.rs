@@ -19,8 +19,10 @@ pub struct GenSpec {
     /// Most thought tokens; 0 = no thought (the prompt must not end with `<think>`).
     pub think_budget: usize,
     pub answer_tokens: usize,
-    /// None = greedy.
+    /// How thought tokens are drawn; None = greedy.
     pub sampling: Option<SamplingParams>,
+    /// How answer tokens are drawn; None = greedy.
+    pub answer_sampling: Option<SamplingParams>,
 }
 
 /// One finished generation.
@@ -82,7 +84,7 @@ pub fn think_then_answer(
         })
         .collect();
     let mut done: Vec<Option<Generation>> = vec![None; prompts.len()];
-    let pick = |l: &[f32], banned: &[u32], rng: &mut ChaCha8Rng| match &spec.sampling {
+    let pick = |l: &[f32], how: &Option<SamplingParams>, banned: &[u32], rng: &mut ChaCha8Rng| match how {
         Some(p) => sample(l, p, banned, rng).0,
         None => {
             let lp = tempered_logprobs(l, 1.0, banned);
@@ -100,14 +102,14 @@ pub fn think_then_answer(
                     if u == 0 {
                         banned.push(tok.end_think_id);
                     }
-                    let t = pick(logits, &banned, rng);
+                    let t = pick(logits, &spec.sampling, &banned, rng);
                     if t == tok.end_think_id {
                         row.gen.closed = true;
                     }
                     t
                 }
             }
-            Phase::Answer => pick(logits, &answer_ban, rng),
+            Phase::Answer => pick(logits, &spec.answer_sampling, &answer_ban, rng),
         };
         let finished = match row.phase {
             Phase::Thought => {

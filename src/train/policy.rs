@@ -77,10 +77,16 @@ pub fn grad_len(t: &Thought, p: &RolloutParams, grad_on_forced_end: bool) -> usi
     trained_tokens(t, p, grad_on_forced_end).len()
 }
 
-/// The policy forward's inputs for a batch of thoughts: right-padded token rows
-/// (prefix, `<think>`, completion) and where the hidden state predicting each trained token sits.
+/// The policy forward's inputs for a batch of thoughts: token rows and where the hidden state
+/// predicting each trained token sits.
+///
+/// Unshared, each thought is its own right-padded row `prefix <think> completion`. Shared, the
+/// thoughts of one prefix are packed into one row, `prefix (<think> completion_1) (<think>
+/// completion_2) …`: a branch's tokens sit at the positions they would have after the prefix
+/// alone and see the prefix and their own branch only, so every trained token gets exactly the
+/// hidden state it gets unshared, and the prefix's gradient is the sum over its thoughts.
 pub struct ThoughtInputs {
-    /// [N, T] token ids and their attention layout.
+    /// [R, T] token ids (R rows: thoughts, or distinct prefixes when shared) and their layout.
     pub ids: Tensor,
     pub layout: AttnLayout,
     trained: Vec<Vec<Trained>>,
@@ -97,43 +103,81 @@ pub struct ThoughtInputs {
 }
 
 /// Log-probs of the thoughts' trained tokens under `model`, with gradient.
-pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtLogprobs> {
-    let inp = thought_inputs(model, rows, p, grad_on_forced_end)?;
-    let hidden = model.forward_hidden(&inp.ids, &inp.layout, None)?; // [N, T, D]
+pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool, share_prefix: bool) -> Result<ThoughtLogprobs> {
+    let inp = thought_inputs(model, rows, p, grad_on_forced_end, share_prefix)?;
+    let hidden = model.forward_hidden(&inp.ids, &inp.layout, None)?; // [R, T, D]
     logprobs_from_hidden(model, &inp, &hidden, p)
 }
 
-/// The padded input rows and the trained tokens' bookkeeping for `rows` (no forward yet).
-pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool) -> Result<ThoughtInputs> {
+/// One input row: a prefix and the thoughts (indices into `rows`) that branch off it.
+struct PackedRow<'a> {
+    prefix: &'a [u32],
+    branches: Vec<usize>,
+}
+
+/// The input rows and the trained tokens' bookkeeping for `rows` (no forward yet).
+pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, grad_on_forced_end: bool, share_prefix: bool) -> Result<ThoughtInputs> {
     let dev = model.embed.device().clone();
     let n = rows.len();
     let trained: Vec<Vec<Trained>> = rows.iter().map(|r| trained_tokens(r.thought, p, grad_on_forced_end)).collect();
     let u_max = trained.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
-    // Input row: prefix, <think>, then the completion up to the token before the last trained one.
-    let seqs: Vec<Vec<u32>> = rows
+    // A branch: <think>, then the completion up to the token before the last trained one.
+    let branches: Vec<Vec<u32>> = rows
         .iter()
         .zip(&trained)
         .map(|(r, tr)| {
             let completion: Vec<u32> = r.thought.ids.iter().copied().chain([p.end_think_id]).chain(p.separator.iter().copied()).chain(r.thought.guess.iter().copied()).collect();
             let upto = tr.last().map_or(0, |t| t.offset);
-            let mut s = Vec::with_capacity(r.prefix.len() + 1 + upto);
-            s.extend_from_slice(r.prefix);
-            s.push(p.think_id);
-            s.extend_from_slice(&completion[..upto]);
-            s
+            std::iter::once(p.think_id).chain(completion[..upto].iter().copied()).collect()
         })
         .collect();
-    let t_max = seqs.iter().map(|s| s.len()).max().unwrap();
-    let (ids, seq_lens, _) = crate::model::transformer::pad_right(&seqs, &dev)?;
-    // Gather the hidden state that predicts each trained token: row r, position |prefix| + offset.
+    let mut packed: Vec<PackedRow> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        match packed.iter_mut().find(|q| share_prefix && q.prefix == r.prefix) {
+            Some(q) => q.branches.push(i),
+            None => packed.push(PackedRow { prefix: r.prefix, branches: vec![i] }),
+        }
+    }
+    let lens: Vec<usize> = packed.iter().map(|q| q.prefix.len() + q.branches.iter().map(|&i| branches[i].len()).sum::<usize>()).collect();
+    let t_max = *lens.iter().max().context("no thoughts to score")?;
+    let mut ids = vec![0u32; packed.len() * t_max];
+    let mut positions = vec![0u32; packed.len() * t_max];
+    let mut mask = vec![crate::model::transformer::MASKED; packed.len() * t_max * t_max];
+    // start[i]: where thought i's branch begins in its row; row_of[i]: that row.
+    let (mut start, mut row_of) = (vec![0usize; n], vec![0usize; n]);
+    for (r, q) in packed.iter().enumerate() {
+        let pl = q.prefix.len();
+        let base = r * t_max;
+        let see = |mask: &mut Vec<f32>, i: usize, j: usize| mask[(base + i) * t_max + j] = 0.0;
+        for (i, &tok) in q.prefix.iter().enumerate() {
+            ids[base + i] = tok;
+            positions[base + i] = i as u32;
+            (0..=i).for_each(|j| see(&mut mask, i, j));
+        }
+        let mut at = pl;
+        for &b in &q.branches {
+            (start[b], row_of[b]) = (at, r);
+            for (u, &tok) in branches[b].iter().enumerate() {
+                ids[base + at + u] = tok;
+                positions[base + at + u] = (pl + u) as u32;
+                (0..pl).chain(at..=at + u).for_each(|j| see(&mut mask, at + u, j));
+            }
+            at += branches[b].len();
+        }
+        // Padding queries see the first key (their output is ignored; a row of only masked
+        // keys would give NaN).
+        (at..t_max).for_each(|i| see(&mut mask, i, 0));
+    }
+    let ids = Tensor::from_vec(ids, (packed.len(), t_max), &dev)?;
+    // Gather the hidden state that predicts each trained token: its branch's <think> + offset.
     let mut rows_idx = Vec::new();
     let mut targets = Vec::new();
     let mut weights = [Vec::new(), Vec::new(), Vec::new()]; // per Ban kind: 1.0 where it applies
     let mut slot = vec![0u32; n * u_max]; // [N, U] -> index into the gathered tokens (M = padding)
-    for (r, (row, tr)) in rows.iter().zip(&trained).enumerate() {
+    for (i, tr) in trained.iter().enumerate() {
         for (u, t) in tr.iter().enumerate() {
-            slot[r * u_max + u] = rows_idx.len() as u32;
-            rows_idx.push((r * t_max + row.prefix.len() + t.offset) as u32);
+            slot[i * u_max + u] = rows_idx.len() as u32;
+            rows_idx.push((row_of[i] * t_max + start[i] + t.offset) as u32);
             targets.push(t.token);
             for (k, w) in weights.iter_mut().enumerate() {
                 w.push(if t.ban as usize == k { 1f32 } else { 0.0 });
@@ -141,19 +185,19 @@ pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, gra
         }
     }
     let m = rows_idx.len();
-    for (r, tr) in trained.iter().enumerate() {
+    for (i, tr) in trained.iter().enumerate() {
         for u in tr.len()..u_max {
-            slot[r * u_max + u] = m as u32;
+            slot[i * u_max + u] = m as u32;
         }
     }
-    Ok(ThoughtInputs { ids, layout: AttnLayout::right_padded(&seq_lens, t_max), trained, rows_idx, targets, weights, slot, u_max, forward_tokens: seqs.iter().map(|s| s.len()).sum() })
+    Ok(ThoughtInputs { ids, layout: AttnLayout { positions, mask }, trained, rows_idx, targets, weights, slot, u_max, forward_tokens: lens.iter().sum() })
 }
 
 /// The trained tokens' log-probs from the final hidden states [N, T, D] of `inp.ids`.
 pub fn logprobs_from_hidden(model: &Model, inp: &ThoughtInputs, hidden: &Tensor, p: &RolloutParams) -> Result<ThoughtLogprobs> {
     let dev = hidden.device().clone();
-    let (n, t_max, d) = (inp.trained.len(), hidden.dim(1)?, model.cfg.hidden_size);
-    let h = hidden.reshape((n * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D]
+    let (r, t_max, d) = (hidden.dim(0)?, hidden.dim(1)?, model.cfg.hidden_size);
+    let h = hidden.reshape((r * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D]
     let (lp_tok, entropy_sum) = token_logprobs(model, inp, &h, 0, p, true)?;
     assemble(inp, &lp_tok, entropy_sum)
 }
@@ -220,8 +264,8 @@ pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &Roll
     let mut logprobs = None;
     let (loss, grads) = model.checkpointed_backward_from(&inp.ids, &inp.layout, params, |top| {
         let dev = top.device().clone();
-        let (n, t_max, d) = (inp.trained.len(), top.dim(1)?, model.cfg.hidden_size);
-        let h = top.as_tensor().reshape((n * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D], pre-norm
+        let (r, t_max, d) = (top.dim(0)?, top.dim(1)?, model.cfg.hidden_size);
+        let h = top.as_tensor().reshape((r * t_max, d))?.index_select(&Tensor::new(inp.rows_idx.as_slice(), &dev)?, 0)?; // [M, D], pre-norm
         let m = h.dim(0)?;
         let spans: Vec<(usize, usize)> = (0..m).step_by(chunk).map(|s| (s, chunk.min(m - s))).collect();
         // Pass 1, no gradient: every trained token's log-prob, then the loss and ∂loss/∂lp.

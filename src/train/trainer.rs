@@ -458,7 +458,7 @@ impl Trainer {
             let adv: Vec<f32> = chunk.iter().map(|&k| batch.advantages[k]).collect();
             let adv = Tensor::new(adv.as_slice(), &self.device)?;
             let forced_end = self.cfg.rollout.grad_on_forced_end;
-            let reference = teacher.as_ref().map(|t| thought_logprobs(t, &rows, &self.rollout, forced_end)).transpose()?;
+            let reference = teacher.as_ref().map(|t| thought_logprobs(t, &rows, &self.rollout, forced_end, self.cfg.train.share_prefix)).transpose()?;
             // Surrogate (+ KL) of this micro-batch's log-probs; also returns what is logged.
             let loss_of = |lp: &ThoughtLogprobs| -> Result<(Tensor, SurrogateStats, f64)> {
                 let (mut loss, st) = clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, obj.eps_low, obj.eps_high, total_thoughts)?;
@@ -470,7 +470,7 @@ impl Trainer {
                 }
                 Ok((loss, st, kl_tokens))
             };
-            let inp = thought_inputs(&policy, &rows, &self.rollout, forced_end)?;
+            let inp = thought_inputs(&policy, &rows, &self.rollout, forced_end, self.cfg.train.share_prefix)?;
             let (loss, grads, lp, st, kl_tokens) = if self.cfg.train.grad_checkpoint {
                 let mut logged = None;
                 let (loss, grads, lp) = checkpointed_policy_backward(&policy, &inp, &self.rollout, &self.var_tensors(), self.cfg.train.logprob_chunk, |lp| {
@@ -599,11 +599,19 @@ impl Trainer {
                 dp::all_reduce_policy_gradient(&self.dist, &mut pg, &self.var_list())?;
                 let train_s = t0.elapsed().as_secs_f64();
                 let mut acc = self.totals_accumulator();
-                for &k in &idx {
-                    let (c, t) = (&batch.contexts[k / g], &batch.thoughts[k / g][k % g]);
-                    let seq = c.prefix.len() as u64 + t.ids.len() as u64 + 1 + t.guess.len() as u64;
-                    let trained = super::policy::grad_len(t, &self.rollout, self.cfg.rollout.grad_on_forced_end) as u64;
-                    acc.flops_train += 3.0 * flops::forward_flops(&self.shape, 0, seq, trained);
+                // As run: per micro-batch, the thoughts of each context branch off its prefix.
+                for chunk in idx.chunks(micro.max(1)) {
+                    for ctx in chunk.chunk_by(|a, b| a / g == b / g) {
+                        let prefix_len = batch.contexts[ctx[0] / g].prefix.len() as u64;
+                        let branches: Vec<(u64, u64)> = ctx
+                            .iter()
+                            .map(|&k| {
+                                let t = &batch.thoughts[k / g][k % g];
+                                (t.ids.len() as u64 + 1 + t.guess.len() as u64, super::policy::grad_len(t, &self.rollout, self.cfg.rollout.grad_on_forced_end) as u64)
+                            })
+                            .collect();
+                        acc.flops_train += flops::policy_train_flops(&self.shape, prefix_len, &branches, self.cfg.train.share_prefix);
+                    }
                 }
                 self.add_totals(acc)?; // [dist] summed over ranks
                 self.totals.trained_tokens += pg.forward_tokens as u64; // already global
