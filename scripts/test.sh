@@ -11,7 +11,7 @@ bash scripts/setup.sh --tests
 # thread pool only costs time at these model sizes.
 export RAYON_NUM_THREADS=1
 bash scripts/setup-mpi.sh
-cargo test --release "$@"
+cargo test --release --features tensorboard "$@"
 # The srun tests run on a throwaway two-node Slurm cluster on this machine (network namespaces;
 # root only), stopped again when the tests end.
 bash scripts/slurm-local.sh start --nodes 2

@@ -305,9 +305,12 @@ fn eval_from_a_run_uses_the_runs_data_split_and_rollout_settings() {
 // ---------------------------------------------------------------------------------------------
 // logging.tensorboard
 
+#[cfg(feature = "tensorboard")]
 use std::collections::BTreeMap;
+#[cfg(feature = "tensorboard")]
 use tboard::tensorboard::{event::What, summary::value::Value as TbValue};
 
+#[cfg(feature = "tensorboard")]
 /// Every scalar and text summary in `RUN/tb/`, read with tboard's reader: (tag, step) → values.
 fn tensorboard_events(run: &Path) -> (BTreeMap<(String, i64), Vec<f32>>, BTreeMap<i64, Vec<String>>, usize) {
     let mut files: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
@@ -336,6 +339,7 @@ fn tensorboard_events(run: &Path) -> (BTreeMap<(String, i64), Vec<f32>>, BTreeMa
 /// A run stopped after step 3 whose last checkpoint is step 2, resumed to step 4: RUN/tb/ holds
 /// every metrics.jsonl scalar (eval ones included) and the sampled thoughts once per step, with
 /// the values of metrics.jsonl, and no step twice.
+#[cfg(feature = "tensorboard")]
 #[test]
 fn tensorboard_logs_every_metric_once_across_a_resume() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,5 +10,6 @@ pub mod progress;
 pub mod ntp;
 pub mod schedule;
 pub mod signals;
+#[cfg(feature = "tensorboard")]
 pub mod tensorboard;
 pub mod trainer;

@@ -87,6 +87,7 @@ pub struct Trainer {
     pub(crate) fixed_pool: Vec<Context>,
     pub(crate) fixed_cursor: usize,
     /// `logging.tensorboard`: rank 0's event file in RUN/tb/.
+    #[cfg(feature = "tensorboard")]
     pub(crate) tensorboard: Option<super::tensorboard::TensorBoard>,
 }
 
@@ -208,6 +209,7 @@ impl Trainer {
             start_step: 0,
             fixed_pool: Vec::new(),
             fixed_cursor: 0,
+            #[cfg(feature = "tensorboard")]
             tensorboard: None,
         };
         if t.dist.is_root() {
@@ -224,7 +226,12 @@ impl Trainer {
         }
         if t.dist.is_root() && t.cfg.logging.tensorboard {
             // after the resume: events past the checkpoint's step are dropped, as are those lines
-            t.tensorboard = Some(super::tensorboard::TensorBoard::open(run, t.step)?);
+            #[cfg(feature = "tensorboard")]
+            {
+                t.tensorboard = Some(super::tensorboard::TensorBoard::open(run, t.step)?);
+            }
+            #[cfg(not(feature = "tensorboard"))]
+            eprintln!("note: this rlp was built without TensorBoard support, so RUN/tb/ is not written (build with `--features tensorboard`, which needs protoc; or set logging.tensorboard = false)");
         }
         let resolved = t.cfg.to_toml_string()?;
         t.dist.check_same_on_all_ranks("resolved config", resolved.as_bytes())?; // [dist]
@@ -764,6 +771,7 @@ impl Trainer {
         }
         let m = &m;
         self.append_jsonl("metrics.jsonl", m)?;
+        #[cfg(feature = "tensorboard")]
         if let Some(tb) = &mut self.tensorboard {
             tb.log_metrics(m)?;
         }
@@ -819,6 +827,7 @@ impl Trainer {
                 self.append_jsonl("samples.jsonl", &rec)?;
             }
         }
+        #[cfg(feature = "tensorboard")]
         if let Some(tb) = &mut self.tensorboard {
             tb.log_text(self.step, "samples", &samples_markdown(&self.tok, batch, TENSORBOARD_THOUGHTS)?)?;
         }
@@ -941,10 +950,12 @@ impl GradAccumulator {
 }
 
 /// Thoughts per rollout batch shown in TensorBoard's text tab.
+#[cfg(feature = "tensorboard")]
 const TENSORBOARD_THOUGHTS: usize = 4;
 
 /// The first `n` thoughts of a batch as markdown: prefix tail, thought, true next token, S_pred
 /// and reward, one paragraph each.
+#[cfg(feature = "tensorboard")]
 fn samples_markdown(tok: &Tok, batch: &RolloutBatch, n: usize) -> Result<String> {
     let g = batch.thoughts.first().map_or(1, |t| t.len().max(1));
     let quote = |s: String| format!("`{}`", s.replace('`', "'").replace('\n', "⏎"));
