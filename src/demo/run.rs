@@ -449,11 +449,34 @@ pub fn evaluate_answers(path: &Path, items: &[AnswerItem], seed: u64) -> Result<
 fn plots(dir: &Path, rlp_run: &Path, results: &Value) -> Result<()> {
     let reward = crate::report::cli::run_series(rlp_run, &["reward_mean"])?;
     let smooth: Vec<(f64, f64)> = reward[0].1.windows(10).map(|w| (w[9].0, w.iter().map(|p| p.1).sum::<f64>() / 10.0)).collect();
-    line_plot(&dir.join("rlp-reward.png"), "RLP reward (S_pred − S_ema, mean over the step's thoughts)", "nats", &[("per step".into(), reward[0].1.clone()), ("mean of 10 steps".into(), smooth)])?;
+    let answers = answer_position_rewards(rlp_run)?;
+    line_plot(
+        &dir.join("rlp-reward.png"),
+        "RLP reward S_pred − S_ema (nats)",
+        "nats",
+        &[("all positions, per step".into(), reward[0].1.clone()), ("all positions, mean of 10 steps".into(), smooth), ("tally answers (logged steps)".into(), answers)],
+    )?;
     let curve = |name: &str| -> Vec<(f64, f64)> {
         results["curves"][name].as_array().map(|a| a.iter().map(|p| (p["step"].as_f64().unwrap_or(0.0), 100.0 * p["acc_best"].as_f64().unwrap_or(0.0))).collect()).unwrap_or_default()
     };
     line_plot(&dir.join("accuracy.png"), "Held-out tally accuracy (better of think / no think)", "% correct", &[("RLP".into(), curve("rlp")), ("CPT (same FLOPs)".into(), curve("cpt"))])
+}
+
+/// Mean reward of the logged thoughts (samples.jsonl) at tally answers (prefix ending in " is"),
+/// per logged step: the positions where a thought can help.
+fn answer_position_rewards(run: &Path) -> Result<Vec<(f64, f64)>> {
+    let path = run.join("samples.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut by_step: std::collections::BTreeMap<u64, (f64, usize)> = Default::default();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", path.display()))?;
+        if v["prefix_tail"].as_str().is_some_and(|p| p.ends_with(" is")) {
+            let e = by_step.entry(v["step"].as_u64().unwrap_or(0)).or_default();
+            e.0 += v["reward"].as_f64().unwrap_or(0.0);
+            e.1 += 1;
+        }
+    }
+    Ok(by_step.into_iter().map(|(s, (sum, n))| (s as f64, sum / n as f64)).collect())
 }
 
 fn report_markdown(r: &Value, quick: bool) -> String {
