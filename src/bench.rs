@@ -305,8 +305,12 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let (pl, c) = (a.prefix as u64 + 1, budget as u64 + 1); // prompt incl. <think>; thought incl. </think>
     let step_flops = flops::rlp_step_flops(&shape, &flops::RlpStepShape { contexts: b as u64, rollouts: g as u64, prefix_len: pl, thought_len: c });
     let prefill_flops = b as f64 * flops::prefill_flops(&shape, pl);
-    let train_tokens = b * g * (a.prefix + budget + 1);
-    let train_fwd_flops = step_flops.train / 3.0;
+    // The policy FLOPs as run: with the shared prefix each context's prefix once, its G
+    // thoughts attending to it (the bench's thoughts all run to the budget).
+    let shared = !a.no_share_prefix;
+    let train_flops = b as f64 * flops::policy_train_flops(&shape, a.prefix as u64, &vec![(c, c); g], shared);
+    let train_tokens = if shared { b * (a.prefix + g * (budget + 1)) } else { b * g * (a.prefix + budget + 1) };
+    let train_fwd_flops = train_flops / 3.0;
     let n_params = var_list.iter().map(|v| v.elem_count()).sum::<usize>();
     let phases = [
         Phase { rss_mib: prefill_rss, name: "prefill", secs: prefill_s, tokens: b * (a.prefix + 1), flops: prefill_flops },
@@ -314,8 +318,8 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         Phase { rss_mib: score_rss, name: "score", secs: score_s, tokens: b * a.prefix, flops: step_flops.teacher },
         Phase { rss_mib: fwd_rss, name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops },
         Phase { rss_mib: policy_rss, name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops },
-        Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: step_flops.train },
-        Phase { rss_mib: policy_rss, name: "policy_cold", secs: cold_s, tokens: train_tokens, flops: step_flops.train },
+        Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: train_flops },
+        Phase { rss_mib: policy_rss, name: "policy_cold", secs: cold_s, tokens: train_tokens, flops: train_flops },
         Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
         Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
     ];

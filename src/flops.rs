@@ -242,6 +242,19 @@ mod tests {
     }
 
     #[test]
+    fn policy_train_flops_shared_and_unshared_by_hand() {
+        // prefix 3, branches (fed 2, logits 2) and (fed 1, logits 1); 2N_body = 2304/token,
+        // 2·lm_head = 160/logit, 64/key.
+        // shared: prefix 3·2304 + 6 keys·64 = 7296; branch 1: 2·2304 + 2·160 + (2·3 + 3) keys·64
+        // = 5504; branch 2: 2304 + 160 + (3 + 1)·64 = 2720; × 3 = 46,560.
+        // unshared: 5·2304 + 320 + 15·64 = 12,800 and 4·2304 + 160 + 10·64 = 10,016; × 3 = 68,448.
+        let s = tiny();
+        assert_eq!(policy_train_flops(&s, 3, &[(2, 2), (1, 1)], true), 46_560.0);
+        assert_eq!(policy_train_flops(&s, 3, &[(2, 2), (1, 1)], false), 68_448.0);
+        assert_eq!(policy_train_flops(&s, 3, &[(2, 2)], false), 3.0 * forward_flops(&s, 0, 5, 2));
+    }
+
+    #[test]
     fn tiny_parameter_counts() {
         let s = tiny();
         assert_eq!((s.layer_params(), s.body_params(), s.lm_head_params(), s.flop_params()), (576, 1152, 80, 1232));
