@@ -323,6 +323,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
         Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
     ];
+    let step_total_flops = step_flops.total() - step_flops.train + train_flops; // the policy FLOPs as run
     let total_s: f64 = phases.iter().filter(|ph| !matches!(ph.name, "policy_fwd_bwd" | "policy_cold" | "decode")).map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
     // With checkpointing the forward and backward interleave: only their sum is reported, and
     // its MFU counts the model's FLOPs (3 × forward), not the recomputed forward.
@@ -336,11 +337,11 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         println!("{:<15} {:>9.3} {:>10.1} {:>9.1} {:>5.0}% {:>10.0}", ph.name, ph.secs, tps, gf, 100.0 * gf / peak, ph.rss_mib);
         json_phases.insert(ph.name.into(), json!({ "s": ph.secs, "tokens_per_s": tps, "gflops": gf, "mfu": gf / peak, "peak_rss_mib": ph.rss_mib }));
     }
-    println!("{:<15} {:>9.3} {:>10} {:>9.1} {:>5.0}%", "step (sum)", total_s, "", step_flops.total() / total_s / 1e9, 100.0 * step_flops.total() / total_s / 1e9 / peak);
+    println!("{:<15} {:>9.3} {:>10} {:>9.1} {:>5.0}%", "step (sum)", total_s, "", step_total_flops / total_s / 1e9, 100.0 * step_total_flops / total_s / 1e9 / peak);
     println!(
         "{}",
         json!({ "bench": "step", "contexts": b, "g": g, "prefix": a.prefix, "budget": budget, "params": n_params,
-                "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_flops.total() / total_s / 1e9,
+                "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_total_flops / total_s / 1e9,
                 "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "share_prefix": !a.no_share_prefix, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
     );
     Ok(())
