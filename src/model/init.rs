@@ -73,6 +73,7 @@ pub fn small_config_json(arch: Arch, vocab_size: usize, shape: &SmallShape, eos_
             cfg["max_window_layers"] = shape.layers.into();
         }
         Arch::Qwen2 => bail!("fresh models are Llama or Qwen3 shaped; Qwen2 is not offered"),
+        Arch::NemotronH => bail!("fresh NemotronH models come from `nemotron_h_config_json`"),
     }
     Ok(cfg)
 }
