@@ -66,7 +66,7 @@ impl KvCache {
     /// Store the recurrent state (conv [B, K−1, C], ssm [B, H, P, N]) of Mamba layer `layer`.
     pub fn set_ssm_state(&mut self, layer: usize, conv: Tensor, ssm: Tensor) -> Result<()> {
         match &mut self.layers[layer] {
-            LayerState::Ssm(s) => *s = Some((conv.detach(), ssm.detach())),
+            LayerState::Ssm(s) => *s = Some((conv.detach().contiguous()?, ssm.detach().contiguous()?)),
             _ => bail!("cache layer {layer} holds no recurrent state"),
         }
         Ok(())

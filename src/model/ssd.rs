@@ -10,7 +10,8 @@
 //! loop) is the naive reference the chunked form is tested against.
 //!
 //! Not here: the D skip, the gate and the projections (the mixer in `nemotron_h.rs`). The scan
-//! runs in f32 whatever the compute dtype (its exp/cumsum chains are too lossy in bf16).
+//! runs in f32 whatever the compute dtype (its exp/cumsum chains are too lossy in bf16), or in
+//! f64 when given f64 inputs (the finite-difference tests).
 //!
 //! Shapes: B rows, T tokens, H heads, P head dim, G groups, R = H/G heads per group, N state
 //! size, L chunk length, C chunks.
@@ -33,8 +34,8 @@ fn segsum_exp(a: &Tensor) -> Result<Tensor> {
     // strict[i, j] = 1 for j < i: keeps a_i in column j when j < i.
     let strict: Vec<f32> = (0..n * n).map(|e| if e % n < e / n { 1.0 } else { 0.0 }).collect();
     let lower: Vec<f32> = (0..n * n).map(|e| if e % n <= e / n { 1.0 } else { 0.0 }).collect();
-    let strict = Tensor::from_vec(strict, (n, n), dev)?;
-    let lower = Tensor::from_vec(lower, (n, n), dev)?;
+    let strict = Tensor::from_vec(strict, (n, n), dev)?.to_dtype(a.dtype())?;
+    let lower = Tensor::from_vec(lower, (n, n), dev)?.to_dtype(a.dtype())?;
     // x[.., i, j] = a_i · [j < i]; cumulative sum over i: Σ_{k ≤ i, k > j} a_k, as one 2-D
     // matmul of xᵀ rows [.., j, i] with upper[i, i'] = [i ≤ i'] (candle's CPU matmul takes at
     // most two leading dims, so `cumsum` on these ranks fails).
@@ -45,11 +46,16 @@ fn segsum_exp(a: &Tensor) -> Result<Tensor> {
     Ok(sums.exp()?.broadcast_mul(&lower)?)
 }
 
+/// The dtype the scan computes in: f64 stays f64, everything else becomes f32.
+fn scan_dtype(t: &Tensor) -> Result<Tensor> {
+    Ok(if t.dtype() == DType::F64 { t.clone() } else { t.to_dtype(DType::F32)? })
+}
+
 /// Cumulative sum over the last dim, any rank: [.., n] -> [.., n].
 fn cumsum_last(a: &Tensor) -> Result<Tensor> {
     let n = a.dim(D::Minus1)?;
     let upper: Vec<f32> = (0..n * n).map(|e| if e / n <= e % n { 1.0 } else { 0.0 }).collect();
-    let upper = Tensor::from_vec(upper, (n, n), a.device())?;
+    let upper = Tensor::from_vec(upper, (n, n), a.device())?.to_dtype(a.dtype())?;
     Ok(a.contiguous()?.reshape((a.elem_count() / n, n))?.matmul(&upper)?.reshape(a.shape())?)
 }
 
@@ -77,8 +83,7 @@ fn groups_to_heads(t: &Tensor, heads: usize) -> Result<Tensor> {
 /// x [B, T, H, P], dt [B, T, H] (already softplus'ed), a [H] (negative), bm, cm [B, T, G, N],
 /// init [B, H, P, N]. Returns y [B, T, H, P] (no D skip) and the final state [B, H, P, N], f32.
 pub fn chunked_scan(x: &Tensor, dt: &Tensor, a: &Tensor, bm: &Tensor, cm: &Tensor, init: Option<&Tensor>, chunk: usize, segments: Option<&Segments>) -> Result<(Tensor, Tensor)> {
-    let f = |t: &Tensor| t.to_dtype(DType::F32);
-    let (x, dt, a, bm, cm) = (f(x)?, f(dt)?, f(a)?, f(bm)?, f(cm)?);
+    let (x, dt, a, bm, cm) = (scan_dtype(x)?, scan_dtype(dt)?, scan_dtype(a)?, scan_dtype(bm)?, scan_dtype(cm)?);
     let (b, t, h, p) = x.dims4()?;
     let (_, _, g, n) = bm.dims4()?;
     ensure!(h % g == 0 && dt.dims() == [b, t, h] && a.dims() == [h] && cm.dims() == bm.dims() && bm.dims()[..2] == [b, t], "chunked_scan: inconsistent shapes x {:?} dt {:?} a {:?} B {:?} C {:?}", x.dims(), dt.dims(), a.dims(), bm.dims(), cm.dims());
@@ -96,7 +101,7 @@ pub fn chunked_scan(x: &Tensor, dt: &Tensor, a: &Tensor, bm: &Tensor, cm: &Tenso
     let bm = bm.reshape((b, nc, l, g, n))?.permute((0, 3, 1, 2, 4))?.contiguous()?; // [B, G, C, L, N]
     let cm = cm.reshape((b, nc, l, g, n))?.permute((0, 3, 1, 2, 4))?.contiguous()?; // [B, G, C, L, N]
     let xdt = xdt.reshape((b, nc, l, g, r, p))?.permute((0, 3, 4, 1, 2, 5))?.contiguous()?; // [B, G, R, C, L, P]
-    let seg = segments.map(|s| SegMasks::new(s, b, t, nc, l, x.device())).transpose()?;
+    let seg = segments.map(|s| SegMasks::new(s, b, t, nc, l, x.device(), x.dtype())).transpose()?;
 
     // 1. Within chunks: y_diag[l] = Σ_{s ≤ l} (C_l·B_s) exp(Σ_{s<k≤l} dt·A) dt_s x_s.
     let cb = bmm(&cm, &bm.t()?)?; // [B, G, C, L, L]
@@ -120,8 +125,8 @@ pub fn chunked_scan(x: &Tensor, dt: &Tensor, a: &Tensor, bm: &Tensor, cm: &Tenso
     // 3. Between chunks: the state entering chunk c is Σ_{c' ≤ c} decay(c'→c) · states_in[c'],
     // states_in = [init, chunk 0's, chunk 1's, …].
     let init = match init {
-        Some(s) => s.to_dtype(DType::F32)?.reshape((b, h, 1, p * n))?,
-        None => Tensor::zeros((b, h, 1, p * n), DType::F32, x.device())?,
+        Some(s) => s.to_dtype(x.dtype())?.reshape((b, h, 1, p * n))?,
+        None => Tensor::zeros((b, h, 1, p * n), x.dtype(), x.device())?,
     };
     let states_in = Tensor::cat(&[&init, &states], 2)?; // [B, H, C+1, P*N]
     let chunk_sums = acs_last.squeeze(3)?.pad_with_zeros(2, 1, 0)?; // [B, H, C+1], 0 first
@@ -154,7 +159,7 @@ struct SegMasks {
 }
 
 impl SegMasks {
-    fn new(s: &Segments, b: usize, t: usize, nc: usize, l: usize, dev: &candle_core::Device) -> Result<Self> {
+    fn new(s: &Segments, b: usize, t: usize, nc: usize, l: usize, dev: &candle_core::Device, dtype: DType) -> Result<Self> {
         ensure!(s.ids.len() == b && s.ids.iter().all(|r| r.len() == t), "segment ids must be [B][T] = [{b}][{t}]");
         // Padded tokens (beyond t) continue the last document; they carry dt = 0 anyway.
         let id = |row: usize, i: usize| s.ids[row][i.min(t - 1)];
@@ -182,10 +187,10 @@ impl SegMasks {
             }
         }
         Ok(SegMasks {
-            within: Tensor::from_vec(within, (b, 1, 1, nc, l, l), dev)?,
-            to_end: Tensor::from_vec(to_end, (b, 1, 1, nc, l, 1), dev)?,
-            carry: Tensor::from_vec(carry, (b, 1, nc + 1, nc + 1), dev)?,
-            from_start: Tensor::from_vec(from_start, (b, 1, 1, nc, l, 1), dev)?,
+            within: Tensor::from_vec(within, (b, 1, 1, nc, l, l), dev)?.to_dtype(dtype)?,
+            to_end: Tensor::from_vec(to_end, (b, 1, 1, nc, l, 1), dev)?.to_dtype(dtype)?,
+            carry: Tensor::from_vec(carry, (b, 1, nc + 1, nc + 1), dev)?.to_dtype(dtype)?,
+            from_start: Tensor::from_vec(from_start, (b, 1, 1, nc, l, 1), dev)?.to_dtype(dtype)?,
         })
     }
 }
@@ -194,14 +199,13 @@ impl SegMasks {
 /// dt [B, H], a [H], bm, cm [B, G, N], state [B, H, P, N] f32. Returns y [B, H, P] and the new
 /// state, f32.
 pub fn step(x: &Tensor, dt: &Tensor, a: &Tensor, bm: &Tensor, cm: &Tensor, state: &Tensor) -> Result<(Tensor, Tensor)> {
-    let f = |t: &Tensor| t.to_dtype(DType::F32);
-    let (x, dt, a, bm, cm) = (f(x)?, f(dt)?, f(a)?, f(bm)?, f(cm)?);
+    let (x, dt, a, bm, cm) = (scan_dtype(x)?, scan_dtype(dt)?, scan_dtype(a)?, scan_dtype(bm)?, scan_dtype(cm)?);
     let (b, h, _p) = x.dims3()?;
     let bh = groups_to_heads(&bm.unsqueeze(1)?, h)?.squeeze(1)?; // [B, H, N]
     let ch = groups_to_heads(&cm.unsqueeze(1)?, h)?.squeeze(1)?; // [B, H, N]
     let da = dt.broadcast_mul(&a)?.exp()?.reshape((b, h, 1, 1))?; // [B, H, 1, 1]
     let xdt = x.broadcast_mul(&dt.unsqueeze(2)?)?; // [B, H, P]
-    let state = (state.broadcast_mul(&da)? + xdt.unsqueeze(3)?.broadcast_mul(&bh.unsqueeze(2)?)?)?; // [B, H, P, N]
+    let state = (state.to_dtype(x.dtype())?.broadcast_mul(&da)? + xdt.unsqueeze(3)?.broadcast_mul(&bh.unsqueeze(2)?)?)?; // [B, H, P, N]
     let y = bmm(&state, &ch.unsqueeze(3)?)?.squeeze(3)?; // [B, H, P]
     Ok((y, state))
 }
@@ -212,8 +216,8 @@ pub fn sequential_scan(x: &Tensor, dt: &Tensor, a: &Tensor, bm: &Tensor, cm: &Te
     let (b, t, h, p) = x.dims4()?;
     let n = bm.dim(3)?;
     let mut state = match init {
-        Some(s) => s.to_dtype(DType::F32)?,
-        None => Tensor::zeros((b, h, p, n), DType::F32, x.device())?,
+        Some(s) => s.clone(),
+        None => Tensor::zeros((b, h, p, n), scan_dtype(x)?.dtype(), x.device())?,
     };
     let mut ys = Vec::with_capacity(t);
     for i in 0..t {
