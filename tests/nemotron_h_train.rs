@@ -102,3 +102,46 @@ fn ntp_on_nemotron_h_packs_documents_and_lowers_the_loss() {
     assert!(m.iter().all(|v| loss(v).is_finite()));
     assert!(loss(&m[7]) < loss(&m[0]) - 0.3, "ntp did not lower the loss: {} -> {}", loss(&m[0]), loss(&m[7]));
 }
+
+#[test]
+fn init_model_writes_a_nemotron_h_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/text/sample.txt")).unwrap();
+    let tok = rlp::tokenizer::train_byte_level_bpe(text.lines(), 300, &["<|endoftext|>"]).unwrap();
+    let tok_path = tmp.path().join("tokenizer.json");
+    tok.save(&tok_path, false).unwrap();
+    let out = tmp.path().join("model");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_rlp"))
+        .args(["init-model", "--arch", "nemotron-h", "--pattern", "M-*M", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--untied", "--seed", "5"])
+        .arg("--tokenizer")
+        .arg(&tok_path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let m = model::weights::load(&out).unwrap().model;
+    assert_eq!(m.cfg.arch, model::Arch::NemotronH);
+    assert_eq!(m.cfg.hybrid.as_ref().unwrap().pattern(), "M-*M");
+    assert_eq!(m.cfg.vocab_size, tok.get_vocab_size(true) + 2, "think tokens are added at init");
+    let fresh = random_model(&m.cfg, 5).unwrap();
+    for ((n, a), (_, b)) in m.named_tensors().iter().zip(fresh.named_tensors()) {
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
+        assert_eq!(a, b, "{n}: the saved weights are not the seed's");
+    }
+    // A = 1..=H, D = 1, dt = softplus(dt_bias) within [time_step_min, time_step_max]
+    let t: std::collections::HashMap<String, candle_core::Tensor> = m.named_tensors().into_iter().collect();
+    let a_log: Vec<f32> = t["backbone.layers.0.mixer.A_log"].to_vec1().unwrap();
+    assert!(a_log.iter().enumerate().all(|(i, &x)| (x.exp() - (i + 1) as f32).abs() < 1e-4), "{a_log:?}");
+    let dt_bias: Vec<f32> = t["backbone.layers.0.mixer.dt_bias"].to_vec1().unwrap();
+    assert!(dt_bias.iter().all(|&b| { let dt = (b.exp() + 1.0).ln(); (0.00099..=0.1001).contains(&dt) }), "{dt_bias:?}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_rlp"))
+        .args(["init-model", "--arch", "nemotron-h", "--pattern", "M*E", "--hidden", "64"])
+        .arg("--tokenizer")
+        .arg(&tok_path)
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--pattern"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
