@@ -265,3 +265,29 @@ fn moe_blocks_mtp_layers_and_inconsistent_lists_are_refused_by_name() {
     });
     assert!(e.contains("layers_block_type[0]"), "{e}");
 }
+
+/// bf16 compute with f32 master weights (the GPU recipe, here on the CPU): logits close to the
+/// f32 ones, and f32 gradients reach every weight through the cast, close to the f32 gradients.
+#[test]
+fn bf16_compute_is_close_to_f32_and_differentiable() {
+    let (m, g) = fixture();
+    let seq = ids(&g["inputs"][2]);
+    let (m, vars) = m.into_vars().unwrap();
+    let bf = m.to_dtype(DType::BF16).unwrap();
+    let err = rel_err(&logits_alone(&bf, &seq), &logits_alone(&m, &seq));
+    assert!(err < 5e-2, "bf16 logits differ by {err:e}");
+    let loss = |model: &Model| -> Tensor {
+        let logits = logits_alone(model, &seq).narrow(0, 0, seq.len() - 1).unwrap();
+        let targets = Tensor::new(&seq[1..], &Device::Cpu).unwrap();
+        model::target_logprobs(&logits, &targets).unwrap().mean_all().unwrap().neg().unwrap()
+    };
+    let (g32, g16) = (loss(&m).backward().unwrap(), loss(&bf).backward().unwrap());
+    let l2 = |t: &Tensor| t.to_dtype(DType::F32).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    for (name, v) in &vars {
+        let a = g32.get(v.as_tensor()).unwrap();
+        let b = g16.get(v.as_tensor()).unwrap_or_else(|| panic!("no bf16 gradient for {name}"));
+        assert_eq!(b.dtype(), DType::F32, "{name}: the master gradient should be f32");
+        let rel = l2(&(a - b).unwrap()) / l2(a).max(1e-12);
+        assert!(rel < 0.1, "{name}: bf16 gradient differs by {rel:e} relative");
+    }
+}
