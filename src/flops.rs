@@ -14,8 +14,16 @@
 //! - Backward = 2 × forward, so a trained token costs 3 × its forward ("6N").
 //! - A KV cache makes prefill + incremental decode cost exactly what one causal forward over
 //!   the same tokens costs; only the positions whose logits are needed differ.
+//! - Hybrid (NemotronH) models: the body counts each block's own matmuls (Mamba-2 in/out_proj,
+//!   attention q/k/v/o, MLP up/down), attention FLOPs only in attention blocks, and each Mamba-2
+//!   block adds its scan: fed as a sequence (prefill, training) the chunked SSD form, per chunk
+//!   of L tokens 2·L²·(G·N + H·P) (C·Bᵀ and the masked matrix times dt·x) + 4·H·P·N·L (chunk
+//!   states and their read-out), plus 2·H·P·N·(chunks+1)² between chunks; one cached token the
+//!   recurrence, 4·H·P·N (state update and read-out); and the depthwise conv 2·K·C per token.
+//!   So for these models prefill + decode is not exactly one causal forward (the recurrence is
+//!   cheaper per token than the chunked form).
 
-use crate::model::config::Config;
+use crate::model::config::{BlockKind, Config};
 
 /// The sizes that determine FLOPs; field names follow the HF config where they exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +36,52 @@ pub struct ModelShape {
     pub ffn_dim: u64,    // 6144 (SwiGLU intermediate size)
     pub vocab: u64,      // 151936
     pub tied_embeddings: bool,
+    /// NemotronH: the block counts and Mamba-2 sizes (None: every layer is attention + SwiGLU).
+    pub hybrid: Option<HybridShape>,
+}
+
+/// The sizes of a hybrid model's blocks that determine FLOPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HybridShape {
+    pub mamba_layers: u64,     // 27 (Nemotron-Nano-12B-v2)
+    pub attention_layers: u64, // 6
+    pub mlp_layers: u64,       // 29
+    pub heads: u64,            // H, 128
+    pub head_dim: u64,         // P, 80
+    pub state: u64,            // N, 128
+    pub groups: u64,           // G, 8
+    pub conv_kernel: u64,      // K, 4
+    pub chunk: u64,            // L, 128
+}
+
+impl HybridShape {
+    fn inner(&self) -> u64 {
+        self.heads * self.head_dim
+    }
+    fn conv_dim(&self) -> u64 {
+        self.inner() + 2 * self.groups * self.state
+    }
+    /// Matmul weights of one Mamba-2 mixer: in_proj d·(I + C + H) and out_proj I·d.
+    fn mamba_params(&self, d: u64) -> u64 {
+        d * (self.inner() + self.conv_dim() + self.heads) + self.inner() * d
+    }
+
+    /// Scan and conv FLOPs of one Mamba-2 block feeding `fed` tokens after `cached` (see the
+    /// module notes): one cached token takes the recurrence, anything else the chunked form.
+    fn scan_flops(&self, cached: u64, fed: u64) -> f64 {
+        let (h, p, n, g) = (self.heads, self.head_dim, self.state, self.groups);
+        let conv = 2 * self.conv_kernel * self.conv_dim() * fed;
+        if fed == 0 {
+            return 0.0;
+        }
+        if cached > 0 && fed == 1 {
+            return (4 * h * p * n + conv) as f64;
+        }
+        let l = self.chunk.min(fed).max(1);
+        let chunks = fed.div_ceil(l);
+        let per_chunk = 2 * l * l * (g * n + h * p) + 4 * h * p * n * l;
+        (chunks * per_chunk + 2 * h * p * n * (chunks + 1) * (chunks + 1) + conv) as f64
+    }
 }
 
 impl ModelShape {
@@ -42,6 +96,7 @@ impl ModelShape {
             ffn_dim: 6144,
             vocab: 151_936,
             tied_embeddings: true,
+            hybrid: None,
         }
     }
 
@@ -55,19 +110,47 @@ impl ModelShape {
             ffn_dim: cfg.intermediate_size as u64,
             vocab: cfg.vocab_size as u64,
             tied_embeddings: cfg.tie_word_embeddings,
+            hybrid: cfg.hybrid.as_ref().map(|h| {
+                let count = |k: BlockKind| h.blocks.iter().filter(|&&b| b == k).count() as u64;
+                HybridShape {
+                    mamba_layers: count(BlockKind::Mamba),
+                    attention_layers: count(BlockKind::Attention),
+                    mlp_layers: count(BlockKind::Mlp),
+                    heads: h.mamba_heads as u64,
+                    head_dim: h.mamba_head_dim as u64,
+                    state: h.ssm_state_size as u64,
+                    groups: h.n_groups as u64,
+                    conv_kernel: h.conv_kernel as u64,
+                    chunk: h.chunk_size as u64,
+                }
+            }),
         }
     }
 
     /// Matmul weights of one decoder layer: q d·h·hd, k and v d·kv·hd each, o h·hd·d, and
-    /// the SwiGLU gate/up/down 3·d·ffn.
+    /// the SwiGLU gate/up/down 3·d·ffn (dense models).
     pub fn layer_params(&self) -> u64 {
-        let (d, q, kv) = (self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
-        d * q + 2 * d * kv + q * d + 3 * d * self.ffn_dim
+        self.attention_params() + 3 * self.d_model * self.ffn_dim
     }
 
-    /// Non-embedding matmul weights: L × [`layer_params`](Self::layer_params).
+    /// q, k, v and o of one attention block.
+    fn attention_params(&self) -> u64 {
+        let (d, q, kv) = (self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+        d * q + 2 * d * kv + q * d
+    }
+
+    /// Non-embedding matmul weights: L × [`layer_params`](Self::layer_params), or for a hybrid
+    /// model the sum over its Mamba-2, attention and MLP (up/down 2·d·ffn) blocks.
     pub fn body_params(&self) -> u64 {
-        self.n_layers * self.layer_params()
+        match &self.hybrid {
+            None => self.n_layers * self.layer_params(),
+            Some(h) => h.mamba_layers * h.mamba_params(self.d_model) + h.attention_layers * self.attention_params() + h.mlp_layers * 2 * self.d_model * self.ffn_dim,
+        }
+    }
+
+    /// Layers with attention (all of a dense model's).
+    fn attention_layers(&self) -> u64 {
+        self.hybrid.map_or(self.n_layers, |h| h.attention_layers)
     }
 
     /// Weights of the logits matmul, V·d (shared with the embedding when tied).
@@ -87,22 +170,29 @@ impl ModelShape {
         self.body_params() + self.vocab * self.d_model + head
     }
 
-    /// FLOPs per attended key per token, all layers: 2·L·(2·h·hd).
+    /// FLOPs per attended key per token, all attention layers: 2·L·(2·h·hd).
     fn attention_flops_per_key(&self) -> f64 {
-        (4 * self.n_layers * self.n_heads * self.head_dim) as f64
+        (4 * self.attention_layers() * self.n_heads * self.head_dim) as f64
+    }
+
+    /// The Mamba-2 blocks' scan and conv FLOPs for `fed` tokens after `cached` (0 when dense).
+    fn ssm_flops(&self, cached: u64, fed: u64) -> f64 {
+        self.hybrid.map_or(0.0, |h| h.mamba_layers as f64 * h.scan_flops(cached, fed))
     }
 }
 
 /// FLOPs of one causal forward that feeds `fed` tokens at positions `cached .. cached + fed`
 /// (the first `cached` positions already in the KV cache) and computes logits at
 /// `logit_positions` of them:
-/// `2·body·fed + 2·V·d·logit_positions + 4·L·h·hd·Σ_{p=cached}^{cached+fed−1} (p + 1)`.
+/// `2·body·fed + 2·V·d·logit_positions + 4·L·h·hd·Σ_{p=cached}^{cached+fed−1} (p + 1)`
+/// (+ the Mamba-2 scans of a hybrid model).
 pub fn forward_flops(shape: &ModelShape, cached: u64, fed: u64, logit_positions: u64) -> f64 {
     // Σ_{p=c}^{c+n−1} (p+1) = n·c + n(n+1)/2 keys attended in total.
     let keys = (fed * cached) as f64 + (fed * (fed + 1)) as f64 / 2.0;
     2.0 * (shape.body_params() * fed) as f64
         + 2.0 * (shape.lm_head_params() * logit_positions) as f64
         + shape.attention_flops_per_key() * keys
+        + shape.ssm_flops(cached, fed)
 }
 
 /// Forward FLOPs of one token that attends to `ctx_len` keys (itself included) and whose
@@ -238,7 +328,43 @@ mod tests {
             ffn_dim: 16,
             vocab: 10,
             tied_embeddings: true,
+            hybrid: None,
         }
+    }
+
+    /// A hybrid `M*-`: d 8, Mamba H 2, P 4 (I 8), N 3, G 1, K 4, chunk 2 (C = 8 + 6 = 14,
+    /// in_proj 8 + 14 + 2 = 24); attention 2 heads, 1 kv, hd 4; MLP ffn 16; V 10.
+    /// Body: Mamba 8·24 + 8·8 = 256, attention 64 + 32 + 32 + 64 = 192, MLP 2·8·16 = 256 → 704.
+    fn tiny_hybrid() -> ModelShape {
+        let hybrid = HybridShape { mamba_layers: 1, attention_layers: 1, mlp_layers: 1, heads: 2, head_dim: 4, state: 3, groups: 1, conv_kernel: 4, chunk: 2 };
+        ModelShape { n_layers: 3, hybrid: Some(hybrid), ..tiny() }
+    }
+
+    /// Prefill of 3 tokens, logits at 1: 2·704·3 + 2·80 + 32·(1+2+3) (one attention layer:
+    /// 4·1·2·4 = 32 per key) + scan. Scan: chunks of 2 → 2 chunks, each 2·4·(1·3 + 2·4) +
+    /// 4·2·4·3·2 = 88 + 192 = 280; between chunks 2·24·3² = 432; conv 2·4·14·3 = 336 → 1328.
+    /// Total 4224 + 160 + 192 + 1328 = 5904. One cached token at position 3: 2·704 + 160 +
+    /// 32·4 + recurrence 4·24 + conv 2·4·14 = 1408 + 160 + 128 + 96 + 112 = 1904.
+    #[test]
+    fn hybrid_flops_hand_count() {
+        let s = tiny_hybrid();
+        assert_eq!(s.body_params(), 704);
+        assert_eq!(forward_flops(&s, 0, 3, 1), 5904.0);
+        assert_eq!(forward_flops(&s, 3, 1, 1), 1904.0);
+    }
+
+    #[test]
+    fn hybrid_shape_from_a_nemotron_h_config_counts_its_blocks() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-nemotron-h");
+        let cfg = Config::from_file(&dir.join("config.json")).unwrap();
+        let s = ModelShape::from_config(&cfg);
+        let h = s.hybrid.unwrap();
+        assert_eq!((h.mamba_layers, h.attention_layers, h.mlp_layers, h.heads, h.head_dim, h.state, h.groups, h.chunk), (2, 2, 2, 8, 16, 16, 2, 8));
+        // matmul weights + embedding + untied head fall short of num_params by the norms and the
+        // Mamba vectors: 6 block norms + final norm 7·64, per Mamba block A_log, D, dt_bias 3·8,
+        // conv 192·4 + 192, gated norm 128.
+        let rest = 7 * 64 + 2 * (3 * 8 + 192 * 5 + 128);
+        assert_eq!(s.stored_matmul_params() + rest, cfg.num_params() as u64);
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn shape_from_flags(a: &PlanArgs) -> Result<Option<ModelShape>> {
                 ffn_dim: need(a.ffn, "ffn")?,
                 vocab: need(a.vocab, "vocab")?,
                 tied_embeddings: !a.untied,
+                hybrid: None,
             }))
         }
     }

@@ -213,6 +213,7 @@ fn random_init_has_the_right_shapes_and_statistics() {
                 }
                 Init::Ones => assert!(x.iter().all(|&v| v == 1.0), "{name} is not all ones"),
                 Init::Zeros => assert!(x.iter().all(|&v| v == 0.0), "{name} is not all zeros"),
+                other => panic!("{name}: {other:?} is a Mamba-2 initialisation, not one of a Llama/Qwen3 model"),
             }
         }
     }

@@ -1,5 +1,7 @@
 //! The model against Hugging Face transformers: golden outputs computed by
-//! `scripts/make_fixtures.py` (torch, float32) for tiny random Llama, Qwen2 and Qwen3 checkpoints.
+//! `scripts/make_fixtures.py` (torch, float32) for tiny random Llama, Qwen2 and Qwen3 checkpoints,
+//! and by transformers 5.24 for a tiny random NemotronH (`M*-M-*`: Mamba-2, attention and MLP
+//! blocks; its `golden.json` `meta` documents every field).
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
@@ -192,4 +194,63 @@ macro_rules! golden_tests {
     )*};
 }
 
-golden_tests!(qwen3 => "tiny-qwen3", llama => "tiny-llama", qwen2 => "tiny-qwen2");
+golden_tests!(qwen3 => "tiny-qwen3", llama => "tiny-llama", qwen2 => "tiny-qwen2", nemotron_h => "tiny-nemotron-h");
+
+fn l2_f64(t: &Tensor) -> f64 {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// The residual stream after every NemotronH block (embeddings first, the final-normed states
+/// last): L2 over all positions and the first values at the last position.
+#[test]
+fn nemotron_h_hidden_states_after_every_block_match_transformers() {
+    let (m, g) = fixture("tiny-nemotron-h");
+    let hs = &g["hidden_states"];
+    let ids = ids(&g["inputs"][hs["input_index"].as_u64().unwrap() as usize]);
+    let row = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let got = m.hidden_states(&row, &AttnLayout::right_padded(&[ids.len()], ids.len())).unwrap();
+    let entries = hs["entries"].as_array().unwrap();
+    assert_eq!(got.len(), entries.len(), "one entry per block plus the embeddings");
+    for (h, e) in got.iter().zip(entries) {
+        let i = e["index"].as_u64().unwrap();
+        let (l2, want) = (l2_f64(h), e["l2"].as_f64().unwrap());
+        assert!((l2 - want).abs() <= 1e-4 * want, "hidden state {i}: L2 {l2} vs {want}");
+        let last: Vec<f32> = h.get(0).unwrap().get(ids.len() - 1).unwrap().narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+        let want_head = floats(&e["last_pos_head"]);
+        let scale = want_head.iter().fold(0f32, |a, x| a.max(x.abs()));
+        for (a, b) in last.iter().zip(&want_head) {
+            assert!((a - b).abs() <= 1e-4 * scale.max(1.0), "hidden state {i}: last position {last:?} vs {want_head:?}");
+        }
+    }
+}
+
+/// The SSM state each Mamba layer holds after a cached prefill of the longest input.
+#[test]
+fn nemotron_h_final_ssm_states_match_transformers() {
+    let (m, g) = fixture("tiny-nemotron-h");
+    let ids = ids(&g["inputs"][2]);
+    let (_, cache) = m.detached().unwrap().prefill(&[ids.clone()], ids.len() + 1).unwrap();
+    let states = g["ssm_states"].as_object().unwrap();
+    assert_eq!(states.len(), 2, "the fixture has two Mamba layers");
+    for (layer, want) in states {
+        let (_, ssm) = cache.ssm_state(layer.parse().unwrap()).unwrap().expect("a Mamba layer's state after prefill");
+        let ssm = ssm.squeeze(0).unwrap(); // [H, P, N]
+        let shape: Vec<usize> = want["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        assert_eq!(ssm.dims(), shape.as_slice(), "layer {layer}: SSM state shape");
+        let (l2, want_l2) = (l2_f64(&ssm), want["l2"].as_f64().unwrap());
+        assert!((l2 - want_l2).abs() <= 1e-4 * want_l2, "layer {layer}: SSM state L2 {l2} vs {want_l2}");
+        let sum: f64 = ssm.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&x| x as f64).sum();
+        let want_sum = want["sum"].as_f64().unwrap();
+        assert!((sum - want_sum).abs() <= 1e-4 * want_l2 * (ssm.elem_count() as f64).sqrt(), "layer {layer}: SSM state sum {sum} vs {want_sum}");
+        let head: Vec<f32> = ssm.flatten_all().unwrap().narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+        let want_head = floats(&want["head"]);
+        let absmax = ssm.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        for (a, b) in head.iter().zip(&want_head) {
+            assert!((a - b).abs() <= 1e-4 * absmax, "layer {layer}: SSM state head {head:?} vs {want_head:?}");
+        }
+    }
+}

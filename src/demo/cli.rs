@@ -3,7 +3,7 @@
 
 use super::data::{train_demo_tokenizer, write_demo_data, DemoSizes};
 use super::synth::{generate_corpus, CorpusKind};
-use crate::model::init::{random_model, small_config_json, SmallShape};
+use crate::model::init::{nemotron_h_config_json, random_model, small_config_json, SmallShape};
 use crate::model::{weights, Arch, Config};
 use crate::tokenizer::Tok;
 use anyhow::{bail, Result};
@@ -15,6 +15,8 @@ use std::path::PathBuf;
 pub enum ArchArg {
     Llama,
     Qwen3,
+    /// Hybrid Mamba-2 / attention / MLP blocks, as given by --pattern.
+    NemotronH,
 }
 
 #[derive(Args)]
@@ -22,8 +24,12 @@ pub struct InitModelArgs {
     /// Architecture of the fresh model.
     #[arg(long, value_enum, default_value = "llama")]
     pub arch: ArchArg,
+    /// Layers (Llama, Qwen3; NemotronH takes its layers from --pattern).
     #[arg(long, default_value_t = 4)]
     pub layers: usize,
+    /// NemotronH blocks, one character per layer: M Mamba-2, * attention, - MLP.
+    #[arg(long, default_value = "M*-M-")]
+    pub pattern: String,
     /// Hidden width (a multiple of --heads).
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
@@ -59,6 +65,7 @@ pub fn init_model(a: &InitModelArgs) -> Result<()> {
     let arch = match a.arch {
         ArchArg::Llama => Arch::Llama,
         ArchArg::Qwen3 => Arch::Qwen3,
+        ArchArg::NemotronH => Arch::NemotronH,
     };
     let shape = SmallShape {
         layers: a.layers,
@@ -69,7 +76,12 @@ pub fn init_model(a: &InitModelArgs) -> Result<()> {
         max_positions: a.max_positions,
         tie_embeddings: !a.untied,
     };
-    let cfg = Config::from_json(small_config_json(arch, tok.vocab_size(), &shape, tok.eos_ids.first().copied())?)?;
+    let eos = tok.eos_ids.first().copied();
+    let json = match arch {
+        Arch::NemotronH => nemotron_h_config_json(tok.vocab_size(), &shape, &a.pattern, eos)?,
+        _ => small_config_json(arch, tok.vocab_size(), &shape, eos)?,
+    };
+    let cfg = Config::from_json(json)?;
     let model = random_model(&cfg, a.seed)?;
     weights::save_dir(&model, Some(tok.inner()), &a.out, DType::F32)?;
     println!(

@@ -12,7 +12,10 @@ use rand_chacha::ChaCha8Rng;
 impl Model {
     pub fn new_cache(&self, batch: usize, cap: usize) -> Result<KvCache> {
         let c = &self.cfg;
-        KvCache::new(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, cap, self.dtype(), self.device())
+        match &c.hybrid {
+            Some(h) => KvCache::hybrid(&h.blocks, batch, c.num_key_value_heads, c.head_dim, cap, self.dtype(), self.device()),
+            None => KvCache::new(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, cap, self.dtype(), self.device()),
+        }
     }
 
     /// Encode ragged prompts, left-padded to a shared column, into a fresh cache with room for

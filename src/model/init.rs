@@ -1,7 +1,9 @@
-//! Fresh models: a small Llama- or Qwen3-shaped `config.json`, and random weights initialised as
-//! transformers initialises a new `LlamaForCausalLM` / `Qwen3ForCausalLM` (normal with std
-//! `initializer_range` for every matrix and the embedding, ones for RMSNorm weights, zeros for
-//! biases), drawn from a seeded ChaCha8 stream so a seed always gives the same weights.
+//! Fresh models: a small Llama-, Qwen3- or NemotronH-shaped `config.json`, and random weights
+//! initialised as transformers initialises a new model (normal with std `initializer_range` for
+//! every matrix and the embedding, ones for RMSNorm weights, zeros for biases; for Mamba-2
+//! mixers A = 1..=H, D = 1, dt_bias = softplus⁻¹ of a log-uniform dt in [time_step_min,
+//! time_step_max], conv weights uniform in ±1/√K as PyTorch's Conv1d), drawn from a seeded
+//! ChaCha8 stream so a seed always gives the same weights.
 
 use super::config::{Arch, Config};
 use super::transformer::Model;
@@ -73,12 +75,76 @@ pub fn small_config_json(arch: Arch, vocab_size: usize, shape: &SmallShape, eos_
             cfg["max_window_layers"] = shape.layers.into();
         }
         Arch::Qwen2 => bail!("fresh models are Llama or Qwen3 shaped; Qwen2 is not offered"),
+        Arch::NemotronH => bail!("fresh NemotronH configs come from `nemotron_h_config_json`, which takes the block pattern"),
     }
     Ok(cfg)
 }
 
+/// A transformers-5 `config.json` for a fresh NemotronH with this shape and block `pattern`
+/// (`M` Mamba-2, `*` attention, `-` MLP; `shape.layers` is ignored). The Mamba-2 mixers have head
+/// dim 32, 2·hidden/32 heads (expand 2), 2 groups, state size 32, conv width 4, chunks of 64.
+pub fn nemotron_h_config_json(vocab_size: usize, shape: &SmallShape, pattern: &str, eos_id: Option<u32>) -> Result<Value> {
+    if shape.heads == 0 || shape.hidden % shape.heads != 0 {
+        bail!("--hidden {} must be a multiple of --heads {}", shape.hidden, shape.heads);
+    }
+    if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+        bail!("--heads {} must be a multiple of --kv-heads {}", shape.heads, shape.kv_heads);
+    }
+    if shape.hidden % 32 != 0 {
+        bail!("--hidden {} must be a multiple of 32 for NemotronH (Mamba head dim 32, expand 2)", shape.hidden);
+    }
+    let blocks = pattern
+        .chars()
+        .map(|c| match c {
+            'M' => Ok("linear_attention"),
+            '*' => Ok("full_attention"),
+            '-' => Ok("mlp"),
+            _ => bail!("--pattern {pattern:?}: {c:?} is not M (Mamba-2), * (attention) or - (MLP)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if blocks.is_empty() {
+        bail!("--pattern must name at least one block");
+    }
+    Ok(json!({
+        "architectures": ["NemotronHForCausalLM"],
+        "model_type": "nemotron_h",
+        "vocab_size": vocab_size,
+        "hidden_size": shape.hidden,
+        "layers_block_type": blocks,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.hidden / shape.heads,
+        "intermediate_size": shape.ffn,
+        "mlp_hidden_act": "relu2",
+        "mamba_num_heads": 2 * shape.hidden / 32,
+        "mamba_head_dim": 32,
+        "ssm_state_size": 32,
+        "n_groups": 2,
+        "conv_kernel": 4,
+        "use_conv_bias": true,
+        "use_bias": false,
+        "mlp_bias": false,
+        "attention_bias": false,
+        "mamba_hidden_act": "silu",
+        "chunk_size": 64,
+        "time_step_min": 0.001,
+        "time_step_max": 0.1,
+        "time_step_floor": 1e-4,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "max_position_embeddings": shape.max_positions,
+        "tie_word_embeddings": shape.tie_embeddings,
+        "num_nextn_predict_layers": 0,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "use_cache": true,
+        "torch_dtype": "float32",
+    }))
+}
+
 /// How a parameter is initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     /// Normal(0, initializer_range): embeddings and projection matrices.
     Normal,
@@ -86,11 +152,20 @@ pub enum Init {
     Ones,
     /// All zeros: biases.
     Zeros,
+    /// Mamba-2 A_log: log(1), log(2), …, log(H).
+    ALogRange,
+    /// Mamba-2 dt_bias: softplus⁻¹(dt), dt log-uniform in [min, max], floored at `floor`.
+    DtBias { min: f64, max: f64, floor: f64 },
+    /// Uniform in ±bound (PyTorch's Conv1d default, bound 1/√K).
+    Uniform(f64),
 }
 
 /// Every parameter of a model with this config: Hugging Face name, shape and initialisation, in
 /// `Model::named_tensors` order.
 pub fn parameter_shapes(cfg: &Config) -> Vec<(String, Vec<usize>, Init)> {
+    if cfg.hybrid.is_some() {
+        return nemotron_h_shapes(cfg);
+    }
     let (d, f, hd, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.vocab_size);
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], Init::Normal)];
@@ -125,6 +200,32 @@ pub fn parameter_shapes(cfg: &Config) -> Vec<(String, Vec<usize>, Init)> {
     out
 }
 
+fn nemotron_h_shapes(cfg: &Config) -> Vec<(String, Vec<usize>, Init)> {
+    let hy = cfg.hybrid.as_ref().expect("a NemotronH config");
+    let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+    let f64_or = |k: &str, dflt: f64| cfg.raw.get(k).and_then(Value::as_f64).unwrap_or(dflt);
+    let dt = Init::DtBias { min: hy.time_step_min, max: f64_or("time_step_max", 0.1), floor: f64_or("time_step_floor", 1e-4) };
+    let mut out = vec![("backbone.embeddings.weight".to_string(), vec![v, d], Init::Normal)];
+    for (i, &kind) in hy.blocks.iter().enumerate() {
+        for (name, shape) in super::nemotron_h::layer_shapes(cfg, kind).expect("a NemotronH config") {
+            let init = match name {
+                "norm.weight" | "mixer.norm.weight" | "mixer.D" => Init::Ones,
+                "mixer.A_log" => Init::ALogRange,
+                "mixer.dt_bias" => dt,
+                "mixer.conv1d.weight" => Init::Uniform(1.0 / (hy.conv_kernel as f64).sqrt()),
+                "mixer.conv1d.bias" => Init::Zeros,
+                _ => Init::Normal,
+            };
+            out.push((format!("backbone.layers.{i}.{name}"), shape, init));
+        }
+    }
+    out.push(("backbone.norm_f.weight".to_string(), vec![d], Init::Ones));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, d], Init::Normal));
+    }
+    out
+}
+
 /// The config's `initializer_range` (transformers' default 0.02 when absent).
 pub fn initializer_range(cfg: &Config) -> f64 {
     cfg.raw.get("initializer_range").and_then(Value::as_f64).unwrap_or(0.02)
@@ -142,6 +243,14 @@ pub fn random_model(cfg: &Config, seed: u64) -> Result<Model> {
             Init::Normal => normal_samples(&mut rng, n, std),
             Init::Ones => vec![1.0; n],
             Init::Zeros => vec![0.0; n],
+            Init::ALogRange => (1..=n).map(|a| (a as f32).ln()).collect(),
+            Init::DtBias { min, max, floor } => (0..n)
+                .map(|_| {
+                    let dt = (rng.gen::<f64>() * (max.ln() - min.ln()) + min.ln()).exp().max(floor);
+                    (dt + (-(-dt).exp_m1()).ln()) as f32 // softplus⁻¹(dt) = dt + log(1 − e^−dt)
+                })
+                .collect(),
+            Init::Uniform(bound) => (0..n).map(|_| ((rng.gen::<f64>() * 2.0 - 1.0) * bound) as f32).collect(),
         };
         tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
     }

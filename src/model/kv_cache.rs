@@ -1,16 +1,28 @@
-//! Preallocated key/value cache for no-grad incremental decoding.
+//! Preallocated key/value cache for no-grad incremental decoding, and beside it the recurrent
+//! state of NemotronH's Mamba-2 layers (the last K−1 conv inputs and the SSM state per row).
 //!
 //! Rows are left-aligned to a shared column: row b's real keys live in columns
 //! `row_start[b]..len`, earlier columns are padding that the attention mask hides. This lets
 //! ragged prompts decode together, and rows can be duplicated (G rollouts of one prefix) or
 //! dropped (finished rollouts) with one `index_select` per layer.
 
+use super::config::BlockKind;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+/// What one layer keeps between decode steps.
+pub enum LayerState {
+    /// Attention: keys and values, [B, KV, cap, hd] each.
+    Kv { k: Tensor, v: Tensor },
+    /// Mamba-2: conv [B, K−1, conv channels] (the last K−1 inputs of the causal conv, compute
+    /// dtype) and ssm [B, H, P, N] (f32). Empty (`None`) until the layer's first forward.
+    Ssm(Option<(Tensor, Tensor)>),
+    /// A block that keeps nothing (MLP).
+    Stateless,
+}
+
 pub struct KvCache {
-    k: Vec<Tensor>, // per layer [B, KV, cap, hd]
-    v: Vec<Tensor>,
+    layers: Vec<LayerState>,
     len: usize,
     cap: usize,
     /// First real key column of each row.
@@ -22,15 +34,42 @@ pub struct KvCache {
 impl KvCache {
     /// Zeroed keys and values in `dtype` (the model's compute dtype) on `dev`.
     pub fn new(layers: usize, batch: usize, kv_heads: usize, head_dim: usize, cap: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let kinds = vec![BlockKind::Attention; layers];
+        Self::hybrid(&kinds, batch, kv_heads, head_dim, cap, dtype, dev)
+    }
+
+    /// A cache for layers of these kinds: KV for attention, an empty recurrent state for Mamba
+    /// (filled by the layer's first forward), nothing for MLP blocks.
+    pub fn hybrid(kinds: &[BlockKind], batch: usize, kv_heads: usize, head_dim: usize, cap: usize, dtype: DType, dev: &Device) -> Result<Self> {
         let z = || Tensor::zeros((batch, kv_heads, cap, head_dim), dtype, dev);
-        Ok(KvCache {
-            k: (0..layers).map(|_| z()).collect::<candle_core::Result<_>>()?,
-            v: (0..layers).map(|_| z()).collect::<candle_core::Result<_>>()?,
-            len: 0,
-            cap,
-            row_start: vec![0; batch],
-            next_pos: vec![0; batch],
-        })
+        let layers = kinds
+            .iter()
+            .map(|k| {
+                Ok(match k {
+                    BlockKind::Attention => LayerState::Kv { k: z()?, v: z()? },
+                    BlockKind::Mamba => LayerState::Ssm(None),
+                    BlockKind::Mlp => LayerState::Stateless,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, len: 0, cap, row_start: vec![0; batch], next_pos: vec![0; batch] })
+    }
+
+    /// The recurrent state of Mamba layer `layer`: None before its first forward.
+    pub fn ssm_state(&self, layer: usize) -> Result<Option<&(Tensor, Tensor)>> {
+        match &self.layers[layer] {
+            LayerState::Ssm(s) => Ok(s.as_ref()),
+            _ => bail!("cache layer {layer} holds no recurrent state"),
+        }
+    }
+
+    /// Store the recurrent state (conv [B, K−1, C], ssm [B, H, P, N]) of Mamba layer `layer`.
+    pub fn set_ssm_state(&mut self, layer: usize, conv: Tensor, ssm: Tensor) -> Result<()> {
+        match &mut self.layers[layer] {
+            LayerState::Ssm(s) => *s = Some((conv.detach().contiguous()?, ssm.detach().contiguous()?)),
+            _ => bail!("cache layer {layer} holds no recurrent state"),
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -53,9 +92,10 @@ impl KvCache {
         if self.len + t > self.cap {
             bail!("KV cache full: {} cached + {t} new tokens exceed its capacity of {}", self.len, self.cap);
         }
-        self.k[layer].slice_set(&k.detach(), 2, self.len)?;
-        self.v[layer].slice_set(&v.detach(), 2, self.len)?;
-        Ok((self.k[layer].narrow(2, 0, self.len + t)?, self.v[layer].narrow(2, 0, self.len + t)?))
+        let LayerState::Kv { k: ck, v: cv } = &self.layers[layer] else { bail!("cache layer {layer} holds no keys and values") };
+        ck.slice_set(&k.detach(), 2, self.len)?;
+        cv.slice_set(&v.detach(), 2, self.len)?;
+        Ok((ck.narrow(2, 0, self.len + t)?, cv.narrow(2, 0, self.len + t)?))
     }
 
     /// Called once per forward, after every layer appended its T columns.
@@ -66,11 +106,27 @@ impl KvCache {
     /// A new cache holding rows `rows` of this one (repeats allowed: duplicating a prefix for G
     /// rollouts; omissions allowed: dropping finished rows).
     pub fn select_rows(&self, rows: &[u32]) -> Result<KvCache> {
-        let idx = Tensor::new(rows, self.k[0].device())?;
-        let pick = |ts: &[Tensor]| -> Result<Vec<Tensor>> { ts.iter().map(|t| Ok(t.index_select(&idx, 0)?)).collect() };
+        let dev = self.layers.iter().find_map(|l| match l {
+            LayerState::Kv { k, .. } => Some(k.device().clone()),
+            LayerState::Ssm(Some((c, _))) => Some(c.device().clone()),
+            _ => None,
+        });
+        let idx = Tensor::new(rows, &dev.unwrap_or(Device::Cpu))?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?) };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(match l {
+                    LayerState::Kv { k, v } => LayerState::Kv { k: pick(k)?, v: pick(v)? },
+                    LayerState::Ssm(Some((c, s))) => LayerState::Ssm(Some((pick(c)?, pick(s)?))),
+                    LayerState::Ssm(None) => LayerState::Ssm(None),
+                    LayerState::Stateless => LayerState::Stateless,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(KvCache {
-            k: pick(&self.k)?,
-            v: pick(&self.v)?,
+            layers,
             len: self.len,
             cap: self.cap,
             row_start: rows.iter().map(|&r| self.row_start[r as usize]).collect(),

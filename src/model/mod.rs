@@ -7,10 +7,12 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod init;
 pub mod kv_cache;
+pub mod nemotron_h;
 pub mod rope;
+pub mod ssd;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{Arch, Config};
+pub use config::{Arch, BlockKind, Config, Hybrid};
 pub use kv_cache::KvCache;
 pub use transformer::{target_logprobs, AttnLayout, Model};

@@ -1,5 +1,6 @@
-//! The decoder-only transformer shared by Llama, Qwen2 and Qwen3, built from differentiable
-//! candle ops only (no fused kernels that drop gradients).
+//! The decoder-only transformer shared by Llama, Qwen2 and Qwen3, and the residual skeleton
+//! (embedding, blocks, final norm, head) NemotronH's hybrid blocks (`nemotron_h.rs`) plug into,
+//! built from differentiable candle ops only (no fused kernels that drop gradients).
 //!
 //! Shapes: B batch rows, T query tokens, K key tokens (past + T), D hidden, H query heads,
 //! KV key/value heads, R = H / KV heads per group, hd head dim, V vocabulary, F FFN width.
@@ -7,7 +8,9 @@
 use super::config::Config;
 use super::fused;
 use super::kv_cache::KvCache;
+use super::nemotron_h::{self, HybridBlock};
 use super::rope::Rope;
+use super::ssd::Segments;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -36,10 +39,38 @@ pub struct Layer {
     pub post_attn_norm: Tensor, // [D]
 }
 
+/// One residual block: a Llama/Qwen decoder layer (attention + MLP) or a NemotronH block (one
+/// mixer).
+pub enum Block {
+    Decoder(Layer),
+    Hybrid(HybridBlock),
+}
+
+/// What every block of one forward reads besides its input.
+pub struct BlockInputs {
+    /// RoPE (cos, sin) tables; None for NemotronH (no positional encoding).
+    pub cos_sin: Option<(Tensor, Tensor)>,
+    /// [B, 1, T, K] additive attention mask.
+    pub mask: Tensor,
+    /// NemotronH: [B, T, 1] 1 for real tokens, 0 for padding (compute dtype).
+    pub real: Option<Tensor>,
+    /// NemotronH: the documents of rows that pack several (None: one per row).
+    pub segments: Option<Segments>,
+}
+
+impl Block {
+    fn forward(&self, cfg: &Config, x: &Tensor, inp: &BlockInputs, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+        match self {
+            Block::Decoder(l) => l.forward(cfg, x, inp.cos_sin.as_ref().context("decoder layers need RoPE tables")?, &inp.mask, cache),
+            Block::Hybrid(h) => h.forward(cfg, x, inp, cache),
+        }
+    }
+}
+
 pub struct Model {
     pub cfg: Config,
     pub embed: Tensor, // [V, D]
-    pub layers: Vec<Layer>,
+    pub layers: Vec<Block>,
     pub norm: Tensor,            // [D]
     pub lm_head: Option<Tensor>, // [V, D]; None when tied to `embed`
     pub rope: Rope,
@@ -94,10 +125,54 @@ impl AttnLayout {
     }
 }
 
+/// The Hugging Face names of the tensors outside the blocks.
+struct Names {
+    embed: &'static str,
+    norm: &'static str,
+}
+
+impl Names {
+    fn of(cfg: &Config) -> Self {
+        if cfg.hybrid.is_some() {
+            Names { embed: "backbone.embeddings.weight", norm: "backbone.norm_f.weight" }
+        } else {
+            Names { embed: "model.embed_tokens.weight", norm: "model.norm.weight" }
+        }
+    }
+}
+
+impl AttnLayout {
+    /// What a recurrent (Mamba) block needs from the layout, for B rows of T queries after
+    /// `past` cached keys: [B*T] 1.0 for real tokens (a query that sees its own key), 0.0 for
+    /// padding; and, when some row packs several documents (a real token that cannot see an
+    /// earlier real token of its row), each token's document (the first key it sees). With a
+    /// cache every row is one document.
+    pub fn tokens_and_documents(&self, b: usize, t: usize, past: usize) -> (Vec<f32>, Option<Segments>) {
+        let k = past + t;
+        let visible = |r: usize, i: usize, j: usize| self.mask[(r * t + i) * k + j] == 0.0;
+        let mut real = vec![0f32; b * t];
+        let mut ids = vec![vec![0u32; t]; b];
+        let mut packed = false;
+        for r in 0..b {
+            let mut first_doc: Option<usize> = None;
+            for i in 0..t {
+                let own = visible(r, i, past + i);
+                real[r * t + i] = if own { 1.0 } else { 0.0 };
+                let start = (0..=past + i).find(|&j| visible(r, i, j)).unwrap_or(past + i);
+                ids[r][i] = start as u32;
+                if own && past == 0 {
+                    packed |= *first_doc.get_or_insert(start) != start;
+                }
+            }
+        }
+        (real, if packed { Some(Segments { ids }) } else { None })
+    }
+}
+
 /// Up to this many rows, `linear` multiplies as (w · xᵀ)ᵀ.
 const SKINNY_ROWS: usize = 32;
 
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     // x [..., in] · w[out, in]ᵀ (+ b[out]) -> [..., out]
     let dims = x.dims().to_vec();
     let n_in = *dims.last().unwrap();
@@ -136,7 +211,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// one (a tied embedding, or several backward passes). Only these are taken: candle's backward
 /// also stores a gradient for every constant operand of a binary op (the g in Σ block(x) ⊙ g,
 /// a broadcast mask), some built from tracked activations, which would keep a block's whole
-/// graph alive if the store were kept.
+/// graph alive if the store were kept. The gradients are detached: candle leaves a leaf's
+/// gradient tracked when its last backward step multiplied by a tracked tensor (exp(A_log) for
+/// NemotronH's A).
 pub fn take_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
     for p in params {
         if let Some(g) = from.remove(p) {
@@ -144,7 +221,7 @@ pub fn take_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]
                 Some(prev) => (prev + g)?,
                 None => g,
             };
-            into.insert(p, sum);
+            into.insert(p, sum.detach());
         }
     }
     Ok(())
@@ -154,6 +231,27 @@ pub fn take_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]
 /// backward of an untracked scalar holds only that scalar's own unit gradient).
 pub fn empty_grad_store(dev: &Device) -> Result<GradStore> {
     Ok(Tensor::zeros((), DType::F32, dev)?.backward()?)
+}
+
+/// Scaled dot-product attention with grouped KV heads: q [B, H, T, hd], k, v [B, KV, T, hd]
+/// (appended to the cache's layer first when given), mask [B, 1, T, K]. Returns [B, T, H*hd].
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    let kv = k.dim(1)?;
+    let (k, v) = match cache {
+        Some((c, layer)) => c.append(layer, k, v)?, // [B, KV, K, hd]
+        None => (k.clone(), v.clone()),
+    };
+    let kl = k.dim(2)?;
+    let r = h / kv;
+    // Group the R query heads of each KV head so K/V need no repeat: [B, KV, R*T, hd].
+    let qg = q.reshape((b, kv, r * t, hd))?;
+    let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
+    // mask and softmax in f32 whatever the compute dtype (no-ops for f32)
+    let scores = scores.reshape((b, h, t, kl))?.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let probs = fused::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
+    let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
+    Ok(ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?)
 }
 
 impl Layer {
@@ -173,20 +271,7 @@ impl Layer {
         let q = fused::rope(&q.transpose(1, 2)?.contiguous()?, &cos_sin.0, &cos_sin.1)?; // [B, H, T, hd]
         let k = fused::rope(&k.transpose(1, 2)?.contiguous()?, &cos_sin.0, &cos_sin.1)?; // [B, KV, T, hd]
         let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
-        let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?, // [B, KV, K, hd]
-            None => (k, v),
-        };
-        let kl = k.dim(2)?;
-        let r = h / kv;
-        // Group the R query heads of each KV head so K/V need no repeat: [B, KV, R*T, hd].
-        let qg = q.reshape((b, kv, r * t, hd))?;
-        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
-        // mask and softmax in f32 whatever the compute dtype (no-ops for f32)
-        let scores = scores.reshape((b, h, t, kl))?.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        let probs = fused::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
-        let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
-        let ctx = ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let ctx = attend(&q, &k, &v, mask, cache)?; // [B, T, H*hd]
         let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
         let xn = rms_norm(&x, &self.post_attn_norm, eps)?;
         let gate = linear(&xn, &self.gate_proj, None)?;
@@ -216,15 +301,19 @@ impl Model {
         };
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (h, kv, v) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size);
-        let embed = take("model.embed_tokens.weight", &[v, d])?;
+        let names = Names::of(&cfg);
+        let embed = take(names.embed, &[v, d])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        if cfg.hybrid.is_some() {
+            layers.extend(nemotron_h::take_blocks(&cfg, &mut take)?.into_iter().map(Block::Hybrid));
+        }
+        for i in 0..if cfg.hybrid.is_some() { 0 } else { cfg.num_hidden_layers } {
             let p = format!("model.layers.{i}");
             let bias = |take: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, n: usize, on: bool| -> Result<Option<Tensor>> {
                 if on { take(&format!("{p}.self_attn.{name}.bias"), &[n]).map(Some) } else { Ok(None) }
             };
             let qwen3 = cfg.arch == super::Arch::Qwen3;
-            layers.push(Layer {
+            layers.push(Block::Decoder(Layer {
                 q_proj: take(&format!("{p}.self_attn.q_proj.weight"), &[h * hd, d])?,
                 k_proj: take(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, d])?,
                 v_proj: take(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, d])?,
@@ -240,9 +329,9 @@ impl Model {
                 down_proj: take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
                 input_norm: take(&format!("{p}.input_layernorm.weight"), &[d])?,
                 post_attn_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-            });
+            }));
         }
-        let norm = take("model.norm.weight", &[d])?;
+        let norm = take(names.norm, &[d])?;
         let lm_head = if cfg.tie_word_embeddings {
             t.remove("lm_head.weight"); // some tied checkpoints still store a copy
             None
@@ -259,8 +348,16 @@ impl Model {
 
     /// Every parameter with its Hugging Face name, in a fixed order (tied lm_head not repeated).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        for (i, l) in self.layers.iter().enumerate() {
+        let names = Names::of(&self.cfg);
+        let mut out = vec![(names.embed.to_string(), self.embed.clone())];
+        for (i, block) in self.layers.iter().enumerate() {
+            let l = match block {
+                Block::Decoder(l) => l,
+                Block::Hybrid(hb) => {
+                    out.extend(hb.named_tensors(i));
+                    continue;
+                }
+            };
             let p = format!("model.layers.{i}");
             let mut push = |n: &str, x: &Tensor| out.push((format!("{p}.{n}"), x.clone()));
             push("self_attn.q_proj.weight", &l.q_proj);
@@ -282,7 +379,7 @@ impl Model {
             push("input_layernorm.weight", &l.input_norm);
             push("post_attention_layernorm.weight", &l.post_attn_norm);
         }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        out.push((names.norm.to_string(), self.norm.clone()));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.clone()));
         }
@@ -368,10 +465,10 @@ impl Model {
     pub fn forward_hidden(&self, ids: &Tensor, layout: &AttnLayout, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let t = ids.dim(1)?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let (cos_sin, mask) = self.attention_inputs(ids, layout, past)?;
+        let inp = self.attention_inputs(ids, layout, past)?;
         let mut x = self.embed_ids(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&self.cfg, &x, &cos_sin, &mask, cache.as_deref_mut().map(|c| (c, i)))?;
+            x = layer.forward(&self.cfg, &x, &inp, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -379,9 +476,23 @@ impl Model {
         self.final_norm(&x)
     }
 
-    /// Checks ids [B, T] and the layout against K = past + T keys; returns RoPE (cos, sin) and the
-    /// additive mask [B, 1, T, K].
-    fn attention_inputs(&self, ids: &Tensor, layout: &AttnLayout, past: usize) -> Result<((Tensor, Tensor), Tensor)> {
+    /// The residual stream of ids [B, T]: the embeddings, the output of every block, and last the
+    /// final-normed states (transformers' `output_hidden_states` convention), [B, T, D] each.
+    pub fn hidden_states(&self, ids: &Tensor, layout: &AttnLayout) -> Result<Vec<Tensor>> {
+        let inp = self.attention_inputs(ids, layout, 0)?;
+        let mut out = vec![self.embed_ids(ids)?];
+        for layer in &self.layers {
+            out.push(layer.forward(&self.cfg, out.last().unwrap(), &inp, None)?);
+        }
+        let last = out.pop().unwrap();
+        out.push(self.final_norm(&last)?);
+        Ok(out)
+    }
+
+    /// Checks ids [B, T] and the layout against K = past + T keys; returns what every block reads:
+    /// RoPE (cos, sin), the additive mask [B, 1, T, K], and for NemotronH the padding mask and
+    /// the documents packed in a row.
+    fn attention_inputs(&self, ids: &Tensor, layout: &AttnLayout, past: usize) -> Result<BlockInputs> {
         let (b, t) = ids.dims2()?;
         let k = past + t;
         if layout.positions.len() != b * t || layout.mask.len() != b * t * k {
@@ -393,10 +504,15 @@ impl Model {
             }
         }
         let dev = ids.device();
+        let mask = Tensor::from_slice(&layout.mask, (b, 1, t, k), dev)?;
+        if self.cfg.hybrid.is_some() {
+            let (real, segments) = layout.tokens_and_documents(b, t, past);
+            let real = Tensor::from_vec(real, (b, t, 1), dev)?.to_dtype(self.dtype())?;
+            return Ok(BlockInputs { cos_sin: None, mask, real: Some(real), segments });
+        }
         let (cos, sin) = self.rope.cos_sin(&layout.positions, b, t, dev)?;
         let cos_sin = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?); // no-ops for f32
-        let mask = Tensor::from_slice(&layout.mask, (b, 1, t, k), dev)?;
-        Ok((cos_sin, mask))
+        Ok(BlockInputs { cos_sin: Some(cos_sin), mask, real: None, segments: None })
     }
 
     /// Token embeddings: ids [B, T] -> [B, T, D].
@@ -425,11 +541,11 @@ impl Model {
     /// `GradStore` holding the gradients of that var and of the head's weights (final norm,
     /// lm_head); it may run several backward passes and add them up (see `take_grads`).
     pub fn checkpointed_backward_from(&self, ids: &Tensor, layout: &AttnLayout, params: &[&Tensor], head: impl FnOnce(&Var) -> Result<(Tensor, GradStore)>) -> Result<(Tensor, GradStore)> {
-        let (cos_sin, mask) = self.attention_inputs(ids, layout, 0)?;
+        let inp = self.attention_inputs(ids, layout, 0)?;
         let mut inputs = Vec::with_capacity(self.layers.len()); // block inputs, [B, T, D] each
         let mut x = self.embed_ids(ids)?.detach();
         for layer in &self.layers {
-            let y = layer.forward(&self.cfg, &x, &cos_sin, &mask, None)?.detach(); // drops the block's graph
+            let y = layer.forward(&self.cfg, &x, &inp, None)?.detach(); // drops the block's graph
             inputs.push(std::mem::replace(&mut x, y));
         }
         let top = Var::from_tensor(&x)?;
@@ -442,7 +558,7 @@ impl Model {
         for (layer, x) in self.layers.iter().zip(inputs).rev() {
             let xv = Var::from_tensor(&x)?;
             drop(x);
-            let y = layer.forward(&self.cfg, xv.as_tensor(), &cos_sin, &mask, None)?;
+            let y = layer.forward(&self.cfg, xv.as_tensor(), &inp, None)?;
             let mut g = (y * &dx)?.sum_all()?.backward()?;
             dx = g.remove(xv.as_tensor()).context("block output does not depend on its input")?;
             take_grads(&mut grads, &mut g, params)?;
