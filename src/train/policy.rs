@@ -109,6 +109,13 @@ pub fn thought_logprobs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, g
     logprobs_from_hidden(model, &inp, &hidden, p)
 }
 
+/// Whether the policy forward shares prefixes on a model of `cfg` when `train.share_prefix` asks.
+/// A Mamba-2 scan runs along the row, so branches packed after one another would see each other
+/// through the SSM state: hybrid (NemotronH) models keep one row per thought.
+pub fn prefix_is_shared(cfg: &crate::model::Config, requested: bool) -> bool {
+    requested && cfg.arch != crate::model::Arch::NemotronH
+}
+
 /// One input row: a prefix and the thoughts (indices into `rows`) that branch off it.
 struct PackedRow<'a> {
     prefix: &'a [u32],
@@ -131,6 +138,7 @@ pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, gra
             std::iter::once(p.think_id).chain(completion[..upto].iter().copied()).collect()
         })
         .collect();
+    let share_prefix = prefix_is_shared(&model.cfg, share_prefix);
     let mut packed: Vec<PackedRow> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         match packed.iter_mut().find(|q| share_prefix && q.prefix == r.prefix) {

@@ -617,7 +617,7 @@ impl Trainer {
                                 (t.ids.len() as u64 + 1 + t.guess.len() as u64, super::policy::grad_len(t, &self.rollout, self.cfg.rollout.grad_on_forced_end) as u64)
                             })
                             .collect();
-                        acc.flops_train += flops::policy_train_flops(&self.shape, prefix_len, &branches, self.cfg.train.share_prefix);
+                        acc.flops_train += flops::policy_train_flops(&self.shape, prefix_len, &branches, super::policy::prefix_is_shared(&self.policy.cfg, self.cfg.train.share_prefix));
                     }
                 }
                 self.add_totals(acc)?; // [dist] summed over ranks
