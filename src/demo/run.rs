@@ -66,6 +66,9 @@ pub struct BasePlan {
 
 pub const BASE: BasePlan = BasePlan { seed: 0, pretrain_docs: 60_000, vocab: 320, steps: 3000, lr: 5e-3 };
 
+/// Most thought tokens, in training and in evaluation: a 6-digit tally's working is 12.
+const THOUGHT_BUDGET: usize = 16;
+
 /// The demo's sizes after the base.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Plan {
@@ -86,9 +89,9 @@ struct Plan {
 impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
-            Plan { train_docs: 2000, heldout_docs: 150, eval_items: 300, contexts: 16, g: 8, budget: 16, temperature: 0.7, rl_steps: 20, rl_lr: 1e-4, curve_every: 10, curve_items: 100 }
+            Plan { train_docs: 2000, heldout_docs: 150, eval_items: 300, contexts: 16, g: 8, budget: THOUGHT_BUDGET, temperature: 0.7, rl_steps: 20, rl_lr: 1e-4, curve_every: 10, curve_items: 100 }
         } else {
-            Plan { train_docs: 8000, heldout_docs: 500, eval_items: 1000, contexts: 64, g: 8, budget: 16, temperature: 0.7, rl_steps: 150, rl_lr: 1e-4, curve_every: 30, curve_items: 300 }
+            Plan { train_docs: 8000, heldout_docs: 500, eval_items: 1000, contexts: 64, g: 8, budget: THOUGHT_BUDGET, temperature: 0.7, rl_steps: 150, rl_lr: 1e-4, curve_every: 30, curve_items: 300 }
         }
     }
 }
@@ -203,9 +206,10 @@ fn compare(a: &DemoArgs, plan: &Plan, seed: u64, base: &Path, dir: &Path, t0: &I
     }
     stage(t0, "accuracy over steps (RLP and CPT checkpoints)");
     let curve_items = &items[..plan.curve_items.min(items.len())];
+    let base_point = json!({"step": 0, "acc_best": evaluate_answers(base, curve_items, seed)?.acc_best()});
     let mut curves = serde_json::Map::new();
     for (name, run) in [("rlp", &rlp_run), ("cpt", &cpt_run)] {
-        let mut points = vec![json!({"step": 0, "acc_best": evaluate_answers(base, curve_items, seed)?.acc_best()})];
+        let mut points = vec![base_point.clone()];
         for (step, ck) in crate::train::checkpoint::list(run)? {
             points.push(json!({"step": step, "acc_best": evaluate_answers(&ck, curve_items, seed)?.acc_best()}));
         }
@@ -403,8 +407,8 @@ fn load(path: &Path) -> Result<(Model, Tok)> {
 
 /// Accuracy with and without a thought on `items`, and held-out loss (nats per token) on `heldout`.
 fn evaluate(path: &Path, items: &[AnswerItem], heldout: &Path, seed: u64) -> Result<Evaluation> {
-    let mut e = evaluate_answers(path, items, seed)?;
     let (m, tok) = load(path)?;
+    let mut e = answer_accuracy(&m, &tok, items, seed)?;
     let corpus = crate::data::corpus::Corpus::open(heldout, "text")?;
     let docs = crate::data::corpus::TokenizedCorpus::build(&corpus, |t| tok.encode(t), 2, 0)?.train;
     let doc_refs: Vec<&[u32]> = (0..docs.len()).map(|i| docs.tokens(i)).collect();
@@ -415,14 +419,19 @@ fn evaluate(path: &Path, items: &[AnswerItem], heldout: &Path, seed: u64) -> Res
 /// Exact-match accuracy (fraction) on the tallies: greedy answer straight after the prompt
 /// (`acc_no_think`), and greedy thought then greedy answer (`acc_think`).
 pub fn evaluate_answers(path: &Path, items: &[AnswerItem], seed: u64) -> Result<Evaluation> {
+    let (m, tok) = load(path)?;
+    answer_accuracy(&m, &tok, items, seed)
+}
+
+/// `evaluate_answers` on a loaded model.
+fn answer_accuracy(m: &Model, tok: &Tok, items: &[AnswerItem], seed: u64) -> Result<Evaluation> {
     if items.is_empty() {
         bail!("the demo's answer task has no items");
     }
-    let (m, tok) = load(path)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed); // unused by greedy decoding
     let mut acc = [0.0; 2];
     for (slot, think) in [false, true].into_iter().enumerate() {
-        let spec = GenSpec { think_budget: if think { 16 } else { 0 }, answer_tokens: 2, sampling: None, answer_sampling: None };
+        let spec = GenSpec { think_budget: if think { THOUGHT_BUDGET } else { 0 }, answer_tokens: 2, sampling: None, answer_sampling: None };
         let mut right = 0usize;
         for chunk in items.chunks(64) {
             let prompts: Vec<Vec<u32>> = chunk
@@ -435,7 +444,7 @@ pub fn evaluate_answers(path: &Path, items: &[AnswerItem], seed: u64) -> Result<
                     Ok(ids)
                 })
                 .collect::<Result<_>>()?;
-            for (g, it) in think_then_answer(&m, &tok, &prompts, &spec, &mut rng)?.iter().zip(chunk) {
+            for (g, it) in think_then_answer(m, tok, &prompts, &spec, &mut rng)?.iter().zip(chunk) {
                 right += usize::from(answer_matches(&tok.decode(&g.answer)?, &it.answer));
             }
         }

@@ -201,7 +201,7 @@ pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, gra
     Ok(ThoughtInputs { ids, layout: AttnLayout { positions, mask }, trained, rows_idx, targets, weights, slot, u_max, forward_tokens: lens.iter().sum() })
 }
 
-/// The trained tokens' log-probs from the final hidden states [N, T, D] of `inp.ids`.
+/// The trained tokens' log-probs from the final hidden states [R, T, D] of `inp.ids`.
 pub fn logprobs_from_hidden(model: &Model, inp: &ThoughtInputs, hidden: &Tensor, p: &RolloutParams) -> Result<ThoughtLogprobs> {
     let dev = hidden.device().clone();
     let (r, t_max, d) = (hidden.dim(0)?, hidden.dim(1)?, model.cfg.hidden_size);
