@@ -8,13 +8,14 @@
 
 use crate::flops::{self, ModelShape};
 use crate::model::{self, Model};
-use crate::objective::rlp::{clipped_surrogate, group_advantages, info_gain_rewards};
+use crate::data::sampler::Context;
+use crate::objective::rlp::{batch_rewards, group_advantages, group_reward_std, LossSettings};
 use crate::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
 use crate::sampling::SamplingParams;
 use crate::train::ema::EmaTeacher;
-use crate::train::trainer::GradAccumulator;
+use crate::train::grads::{policy_gradient, PolicySettings};
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::train::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, ThoughtLogprobs, ThoughtRow};
+use crate::train::rollouts::RolloutBatch;
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use clap::{Args, ValueEnum};
@@ -251,13 +252,20 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
         Ok(())
     })?;
     let score_rss = peak_rss_mib();
-    let mut rewards = Vec::new();
-    for (group, &se) in thoughts.iter().zip(&s_ema) {
-        rewards.extend(info_gain_rewards(&group.iter().map(|t| t.s_pred).collect::<Vec<_>>(), se));
-    }
-    let adv = Tensor::new(group_advantages(&rewards, g, false)?.as_slice(), &dev)?;
-    let rows: Vec<ThoughtRow> = (0..b * g).map(|k| ThoughtRow { prefix: &prefixes[k / g], thought: &thoughts[k / g][k % g] }).collect();
-
+    // The trainer's own rewards, advantages and policy gradient (objective::rlp, train::grads).
+    let rewards = batch_rewards(&thoughts, &s_ema);
+    let advantages = group_advantages(&rewards, g, false)?;
+    let group_std = group_reward_std(&rewards, g)?;
+    let contexts: Vec<Context> = prompts.iter().enumerate().map(|(r, q)| Context { doc: r, pos: a.prefix, prefix: q.prefix.to_vec(), target: q.target }).collect();
+    let batch = RolloutBatch { contexts, global_index: (0..b).collect(), thoughts, s_ema, rewards, advantages, group_std, model_step: 0, sample_s, score_s };
+    let settings = PolicySettings {
+        loss: LossSettings { eps_low: 0.2, eps_high: 0.2, kl_coef: 0.0 },
+        grad_on_forced_end: false,
+        share_prefix: !a.no_share_prefix,
+        grad_checkpoint: a.grad_checkpoint,
+        logprob_chunk: a.logprob_chunk,
+    };
+    let idx: Vec<usize> = (0..b * g).collect();
     let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
     let mut grads = None;
     let mut fwd_rss = 0f64;
@@ -267,28 +275,11 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     // first is reported as `policy_cold`, the median of the rest as the policy phases.
     const WARMUP: usize = 2;
     for _ in 0..reps.max(1) + WARMUP {
-        let t0 = Instant::now();
-        let inp = thought_inputs(&policy, &rows, &p, false, !a.no_share_prefix)?;
-        let surrogate = |lp: &ThoughtLogprobs| Ok(clipped_surrogate(&lp.logp, &lp.logp_old, &lp.mask, &adv, 0.2, 0.2, b * g)?.0);
-        let t1;
-        if a.grad_checkpoint {
-            // forward and backward are interleaved: all of it is counted as backward
-            t1 = Instant::now();
-            let params: Vec<&Tensor> = var_list.iter().map(|v| v.as_tensor()).collect();
-            grads = Some(checkpointed_policy_backward(&policy, &inp, &p, &params, a.logprob_chunk, surrogate)?.1);
-            fwd_rss = fwd_rss.max(peak_rss_mib());
-        } else {
-            let hidden = policy.forward_hidden(&inp.ids, &inp.layout, None)?;
-            let loss = surrogate(&logprobs_from_hidden(&policy, &inp, &hidden, &p)?)?;
-            loss.to_scalar::<f32>()?;
-            t1 = Instant::now();
-            fwd_rss = fwd_rss.max(peak_rss_mib());
-            let mut acc = GradAccumulator::default(); // keeps only the weights' gradients, as the trainer does
-            acc.add(loss.backward()?, &vars)?;
-            grads = Some(acc.finish()?);
-        }
-        fwd.push((t1 - t0).as_secs_f64());
-        bwd.push(t1.elapsed().as_secs_f64());
+        let pg = policy_gradient(&policy, None, &vars, &batch, &idx, b * g, b * g, &p, &settings)?;
+        fwd_rss = fwd_rss.max(peak_rss_mib());
+        fwd.push(pg.forward_s);
+        bwd.push(pg.backward_s);
+        grads = Some(pg.grads);
     }
     let (fwd_s, bwd_s) = (median(fwd[WARMUP..].to_vec()), median(bwd[WARMUP..].to_vec()));
     let cold_s = fwd[0] + bwd[0];

@@ -7,7 +7,6 @@ use candle_core::{Device, Tensor};
 use common::{config, config_path, metrics};
 use rlp::config::TrainConfig;
 use rlp::model::{self, AttnLayout};
-use rlp::train::ntp::heldout_nll;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -19,10 +18,14 @@ fn ntp_lowers_heldout_loss_and_counts_its_compute() {
     let corpus = format!("data.path={:?}", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-think/train.jsonl"));
     let cfg = config("tiny.toml", &["objective.name=\"ntp\"", &corpus, "data.heldout_docs=20", "train.steps=25", "optim.lr=3e-3", "data.max_context=64"]);
     let mut t = Trainer::new(cfg, dir.path(), false).unwrap();
-    let eos = t.tok.eos_ids[0];
-    let (before, n) = heldout_nll(&t.policy, &t.data.heldout, 64, eos, 50).unwrap();
+    let heldout_nll = |t: &Trainer| {
+        let docs: Vec<&[u32]> = (0..t.data.heldout.len()).map(|i| t.data.heldout.tokens(i)).collect();
+        let m = rlp::eval::nll_eval(&t.policy.detached().unwrap(), &t.tok, &docs, 64).unwrap();
+        (m["nll"], m["tokens"] as usize)
+    };
+    let (before, n) = heldout_nll(&t);
     t.run().unwrap();
-    let (after, _) = heldout_nll(&t.policy, &t.data.heldout, 64, eos, 50).unwrap();
+    let (after, _) = heldout_nll(&t);
     assert!(n > 500, "too few held-out tokens: {n}");
     assert!(after < before - 0.5, "held-out loss {before:.4} -> {after:.4}");
     let m = metrics(dir.path());

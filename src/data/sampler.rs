@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::corpus::{TokenizedCorpus, TokenizedDocs};
 
 /// One training context: predict `target` from `prefix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Context {
     /// Index of the document among the training documents.
     pub doc: usize,

@@ -400,9 +400,8 @@ impl Evaluation {
 }
 
 fn load(path: &Path) -> Result<(Model, Tok)> {
-    let loaded = model::weights::load(path)?;
-    let tok = Tok::from_tokenizer(loaded.tokenizer.context("model without tokenizer")?, false, &path.display().to_string())?;
-    Ok((loaded.model.detached()?, tok))
+    let (m, tok) = model::weights::load_for_thinking(path, false, "rlp demo")?;
+    Ok((m.detached()?, tok))
 }
 
 /// Accuracy with and without a thought on `items`, and held-out loss (nats per token) on `heldout`.

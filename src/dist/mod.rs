@@ -10,11 +10,10 @@
 //! summed on the GPUs by NCCL instead ([`nccl`], bootstrapped over MPI); everything small stays
 //! on MPI.
 //!
-//! What is reduced, and how, lives next door: [`grads`] (gradients, bucketed) and [`metrics`]
-//! (one rule per metric key).
+//! Gradients are reduced next door ([`grads`], bucketed); the trainer's step metrics in
+//! `train::data_parallel`.
 
 pub mod grads;
-pub mod metrics;
 #[cfg(feature = "mpi")]
 mod mpi_world;
 #[cfg(feature = "nccl")]

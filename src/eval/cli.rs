@@ -160,29 +160,19 @@ impl EvalArgs {
     }
 }
 
-/// Load the model and tokenizer; grow the embedding when think tokens were added.
+/// Load the model and tokenizer; grow the embedding when think tokens were added. Without
+/// `need_think` the think tokens are added when missing (nothing then samples them).
 pub fn load_model(path: &Path, add_think_tokens: bool, need_think: bool) -> Result<(Model, Tok)> {
-    let loaded = model::weights::load(path)?;
-    let raw = loaded.tokenizer.with_context(|| {
-        format!(
-            "{} has no tokenizer.json; rlp eval needs the model's tokenizer next to its weights",
-            path.display()
-        )
-    })?;
-    let src = path.display().to_string();
-    let tok = match Tok::from_tokenizer(raw.clone(), add_think_tokens || !need_think, &src) {
-        Ok(t) => t,
-        Err(_) => bail!(
-            "model {src} has no <think>/</think> tokens, so it cannot think: evaluate a checkpoint written by `rlp train` \
+    match model::weights::load_for_thinking(path, add_think_tokens || !need_think, "rlp eval") {
+        Ok((m, tok)) => Ok((m.detached()?, tok)),
+        Err(e) if e.to_string().contains("has no <think>") => bail!(
+            "model {} has no <think>/</think> tokens, so it cannot think: evaluate a checkpoint written by `rlp train` \
              (it carries them), pass --add-think-tokens to add untrained ones (as `rlp train` does before its first step), \
-             or use --think-budget 0 to answer benchmarks without thinking"
+             or use --think-budget 0 to answer benchmarks without thinking",
+            path.display()
         ),
-    };
-    let mut m = loaded.model;
-    if tok.vocab_size() > m.cfg.vocab_size {
-        m.grow_vocab(tok.vocab_size())?;
+        Err(e) => Err(e),
     }
-    Ok((m.detached()?, tok))
 }
 
 /// Held-out documents of the corpus: its last `heldout` documents with ≥ `min_len` tokens

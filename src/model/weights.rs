@@ -14,6 +14,22 @@ pub struct Loaded {
     pub tokenizer: Option<tokenizers::Tokenizer>,
 }
 
+/// Load a model and its tokenizer for thinking: `<think>`/`</think>` added to the tokenizer
+/// when it lacks them and `add_think_tokens` is set, and the embedding (and an untied head)
+/// grown to cover them. The one loader of `rlp train`, `eval`, `bench` and `demo`; `purpose`
+/// names the command in errors. The model keeps its gradient tracking state as loaded.
+pub fn load_for_thinking(path: &Path, add_think_tokens: bool, purpose: &str) -> Result<(Model, crate::tokenizer::Tok)> {
+    let loaded = load(path)?;
+    let src = path.display().to_string();
+    let raw = loaded.tokenizer.with_context(|| format!("{src} has no tokenizer.json; {purpose} needs the model's tokenizer next to its weights"))?;
+    let tok = crate::tokenizer::Tok::from_tokenizer(raw, add_think_tokens, &src)?;
+    let mut model = loaded.model;
+    // only think tokens added here may lie past the model's embedding
+    let rows = tok.rows_for_model(model.cfg.vocab_size, &src)?;
+    model.grow_vocab(rows)?;
+    Ok((model, tok))
+}
+
 /// Load an HF model directory or a `.gguf` file.
 pub fn load(path: &Path) -> Result<Loaded> {
     if path.is_dir() {

@@ -8,9 +8,13 @@
 //! Legend: B contexts, G thoughts per context, N thoughts in one micro-batch (a slice of the
 //! B·G thoughts), U thought-token slots per thought (padded to the longest thought).
 //!
-//! Not here: sampling, scoring (S_pred, S_ema), the optional std-scaled advantage's effect on
-//! logging, and the trainer's micro-batch loop.
+//! The trainer calls [`batch_rewards`] for a rollout batch, [`group_advantages`] on them, and
+//! [`policy_loss`] once per micro-batch (RPT shares the advantages and the loss; only its
+//! reward differs, `objective::rpt`).
+//!
+//! Not here: sampling, scoring (S_pred, S_ema), and the trainer's micro-batch loop.
 
+use crate::rollout::Thought;
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Tensor};
 
@@ -19,6 +23,17 @@ use candle_core::{DType, Tensor};
 /// `S_ema = log p̄_φ(x_t | x_<t)`.
 pub fn info_gain_rewards(s_pred: &[f32], s_ema: f32) -> Vec<f32> {
     s_pred.iter().map(|s| s - s_ema).collect()
+}
+
+/// The rewards of a rollout batch, [B·G] (thoughts of a context adjacent): the information gain
+/// of each thought over its context's `S_ema`.
+pub fn batch_rewards(thoughts: &[Vec<Thought>], s_ema: &[f32]) -> Vec<f32> {
+    let mut r = Vec::with_capacity(thoughts.iter().map(Vec::len).sum());
+    for (group, &se) in thoughts.iter().zip(s_ema) {
+        let s_pred: Vec<f32> = group.iter().map(|t| t.s_pred).collect();
+        r.extend(info_gain_rewards(&s_pred, se));
+    }
+    r
 }
 
 /// Added to the group std before dividing, in the GRPO (std-normalised) advantage.
@@ -258,6 +273,39 @@ pub fn kl_penalty(
     let n_tokens = mask.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
     let mean_kl = if n_tokens > 0.0 { masked_sum / n_tokens } else { 0.0 };
     Ok((loss, mean_kl))
+}
+
+/// The settings of the policy loss (`objective.eps_low`, `eps_high`, `kl_coef`).
+#[derive(Debug, Clone, Copy)]
+pub struct LossSettings {
+    pub eps_low: f64,
+    pub eps_high: f64,
+    /// β of the KL penalty; 0 leaves it out.
+    pub kl_coef: f64,
+}
+
+/// One micro-batch's policy loss and what is logged about it.
+pub struct PolicyLoss {
+    /// [] the clipped surrogate (+ β·KL), differentiable.
+    pub loss: Tensor,
+    pub stats: SurrogateStats,
+    /// Σ over the micro-batch's loss-carrying tokens of the k3 KL (0 without a reference).
+    pub kl_token_sum: f64,
+}
+
+/// The loss of RLP and RPT for one micro-batch of N thoughts: [`clipped_surrogate`] of the
+/// policy log-probs `logp` [N, U] against the behaviour ones `logp_old` [N, U] with advantages
+/// `adv` [N], plus [`kl_penalty`] toward `reference_logp` [N, U] when given; `n_tokens` is the
+/// number of ones in `mask` [N, U].
+pub fn policy_loss(logp: &Tensor, logp_old: &Tensor, mask: &Tensor, n_tokens: usize, adv: &Tensor, reference_logp: Option<&Tensor>, s: LossSettings, total_thoughts: usize) -> Result<PolicyLoss> {
+    let (mut loss, stats) = clipped_surrogate(logp, logp_old, mask, adv, s.eps_low, s.eps_high, total_thoughts)?;
+    let mut kl_token_sum = 0.0;
+    if let Some(reference) = reference_logp {
+        let (kl, mean_kl) = kl_penalty(logp, reference, mask, s.kl_coef, total_thoughts)?;
+        loss = (loss + kl)?;
+        kl_token_sum = mean_kl as f64 * n_tokens as f64;
+    }
+    Ok(PolicyLoss { loss, stats, kl_token_sum })
 }
 
 #[cfg(test)]

@@ -5,7 +5,33 @@
 //! true token boundary. Positions are kept only where a proxy model is uncertain (entropy
 //! filter).
 //!
-//! Not here: extracting the guess from the generated text, and running the proxy model.
+//! The trainer calls [`batch_rewards`] for a rollout batch; advantages and the loss are RLP's
+//! (`objective::rlp`). Not here: running the proxy model for the filter (`train::contexts`).
+
+use crate::data::corpus::TokenizedDocs;
+use crate::data::sampler::Context;
+use crate::rollout::Thought;
+use crate::tokenizer::Tok;
+
+/// The RPT reward of every rollout of a batch, [B·G]: [`prefix_match_reward`] of its guess
+/// against the true continuation of its context in `docs`. The continuation is cut at
+/// 4·`guess_tokens` + 4 true tokens, more bytes than any guess of `guess_tokens` tokens spans
+/// in practice.
+pub fn batch_rewards(tok: &Tok, docs: &TokenizedDocs, contexts: &[Context], thoughts: &[Vec<Thought>], guess_tokens: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (c, group) in contexts.iter().zip(thoughts) {
+        let doc = docs.tokens(c.doc);
+        let window = &doc[c.pos..doc.len().min(c.pos + 4 * guess_tokens.max(1) + 4)];
+        let pieces: Vec<Vec<u8>> = window.iter().map(|&id| tok.token_bytes(id).unwrap_or_default()).collect();
+        let continuation: Vec<u8> = pieces.concat();
+        let boundaries = token_end_offsets(&pieces.iter().map(|p| p.len()).collect::<Vec<_>>());
+        for t in group {
+            let guess: Vec<u8> = t.guess.iter().flat_map(|&id| tok.token_bytes(id).unwrap_or_default()).collect();
+            out.push(prefix_match_reward(&guess, &continuation, &boundaries));
+        }
+    }
+    out
+}
 
 /// RPT prefix-match reward (§9.2): 1.0 iff `guess` is non-empty, equals the first
 /// `guess.len()` bytes of `continuation`, and `guess.len()` is one of `token_boundaries`

@@ -8,8 +8,12 @@
 //! and the parent fsynced: a `step-*` directory is therefore always complete, and a crash
 //! mid-write leaves only a `.tmp-*` directory that the next run deletes.
 
+use super::accounting::Totals;
+use crate::data::packer::PackerState;
+use crate::data::sampler::{Context as TrainContext, SamplerState};
 use crate::model::{self, Model};
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +21,27 @@ use std::path::{Path, PathBuf};
 
 pub const STATE_JSON: &str = "trainer_state.json";
 pub const STATE_TENSORS: &str = "trainer_state.safetensors";
+
+/// `trainer_state.json`: where the run stands, beside the weights and `trainer_state.safetensors`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// AdamW's own step count (its bias correction); equal to `step` unless steps were skipped.
+    pub adam_step: Option<u64>,
+    pub sampler: SamplerState,
+    pub packer: PackerState,
+    #[serde(default)]
+    pub nonfinite_streak: usize,
+    pub totals: Totals,
+    /// The vocabulary of the saved model (with think tokens), for a reader of the checkpoint.
+    pub vocab_size: usize,
+    /// The entropy-filtered fixed contexts and the next one (`data.fixed_contexts` with a filter).
+    #[serde(default)]
+    pub fixed_pool: Vec<TrainContext>,
+    #[serde(default)]
+    pub fixed_cursor: usize,
+}
 
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
@@ -46,7 +71,7 @@ pub fn save(
     model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     state_tensors: Vec<(String, Tensor)>,
-    state_json: &serde_json::Value,
+    state: &TrainerState,
     keep_last: usize,
 ) -> Result<PathBuf> {
     let root = checkpoints_dir(run);
@@ -59,7 +84,7 @@ pub fn save(
         let st = tmp.join(STATE_TENSORS);
         let tensors: Vec<(String, Tensor)> = state_tensors.into_iter().map(|(n, t)| Ok((n, t.detach().to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
         safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &st).with_context(|| format!("cannot write {}", st.display()))?;
-        model::weights::write_json(&tmp.join(STATE_JSON), state_json)?;
+        model::weights::write_json(&tmp.join(STATE_JSON), &serde_json::to_value(state)?)?;
         fsync_files(&tmp)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -121,7 +146,7 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
 }
 
 /// The trainer state of a checkpoint directory.
-pub fn load_state(dir: &Path) -> Result<(HashMap<String, Tensor>, serde_json::Value)> {
+pub fn load_state(dir: &Path) -> Result<(HashMap<String, Tensor>, TrainerState)> {
     let st = dir.join(STATE_TENSORS);
     let tensors = if st.exists() {
         candle_core::safetensors::load(&st, &Device::Cpu).with_context(|| format!("cannot read {}", st.display()))?
@@ -130,6 +155,6 @@ pub fn load_state(dir: &Path) -> Result<(HashMap<String, Tensor>, serde_json::Va
     };
     let sj = dir.join(STATE_JSON);
     let text = std::fs::read_to_string(&sj).with_context(|| format!("cannot read {}", sj.display()))?;
-    let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", sj.display()))?;
-    Ok((tensors, json))
+    let state = serde_json::from_str(&text).with_context(|| format!("{} is not a valid trainer state (is it an rlp checkpoint of this version?)", sj.display()))?;
+    Ok((tensors, state))
 }

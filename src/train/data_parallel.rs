@@ -11,14 +11,19 @@
 //! NTP the same way: every rank packs the same global windows and trains windows rank,
 //! rank + W, …, with the loss divided by the global target count.
 
-use super::trainer::PolicyGradient;
+//!
+//! Step metrics combine by field ([`reduce_step_metrics`]), so that rank 0 logs what a single
+//! process with the whole batch would have logged (up to float rounding).
+
+use super::grads::PolicyGradient;
+use super::log::StepMetrics;
 use crate::config::{ObjectiveName, TrainConfig};
 use crate::data::sampler::shard;
+use crate::device::DeviceSpec;
 use crate::dist::grads::all_reduce_grads;
 use crate::dist::{Dist, ReduceOp};
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use crate::device::DeviceSpec;
 use candle_core::{Device, Var};
 use std::ops::Range;
 
@@ -129,6 +134,61 @@ pub fn all_reduce_policy_gradient(dist: &Dist, pg: &mut PolicyGradient, vars: &[
     pg.entropy = if tokens > 0.0 { entropy / tokens } else { 0.0 };
     pg.kl = if tokens > 0.0 { kl / tokens } else { 0.0 };
     pg.forward_tokens = fwd as usize;
+    Ok(())
+}
+
+/// This rank's share of a rollout batch, the weights of its means.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    pub thoughts: usize,
+    pub contexts: usize,
+}
+
+/// Replace this rank's values of `m` with the global ones. What is already global or the same
+/// on every rank keeps its value: step, lr, grad norm, loss and the policy statistics (from the
+/// reduced gradient), the EMA drift (every rank holds the same θ and φ), the totals (summed
+/// as they are counted), and the train throughput (global tokens over rank 0's time). Then:
+/// wall-clock times are the slowest rank's; sampling throughput and sampled tokens are summed;
+/// means over thoughts or contexts are weighted by each rank's share; the reward std follows
+/// from the global E[r²] and E[r].
+pub fn reduce_step_metrics(dist: &Dist, m: &mut StepMetrics, share: Share) -> Result<()> {
+    if dist.world() == 1 {
+        return Ok(());
+    }
+    let mut maxes = [m.step_s, m.sample_s, m.score_s, m.train_s, m.optimizer_s];
+    dist.all_reduce_f64("step times", &mut maxes, ReduceOp::Max)?;
+    [m.step_s, m.sample_s, m.score_s, m.train_s, m.optimizer_s] = maxes;
+    let (nt, nc) = (share.thoughts as f64, share.contexts as f64);
+    let r = m.rollout.clone().unwrap_or_default();
+    let mut sums = [
+        m.tokens_per_s_sample,
+        r.generated_tokens_step as f64,
+        nt,
+        nc,
+        nt * r.reward_mean,
+        nt * (r.reward_std * r.reward_std + r.reward_mean * r.reward_mean), // Σ r² over this rank's thoughts
+        nt * r.s_pred_mean,
+        nt * r.adv_abs_mean,
+        nt * r.thought_len_mean,
+        nt * r.thought_truncated_frac,
+        nc * r.s_ema_mean,
+        nc * r.frac_zero_std_groups,
+    ];
+    dist.all_reduce_f64("step metrics", &mut sums, ReduceOp::Sum)?;
+    let [tps_sample, generated, nt, nc, reward, reward_sq, s_pred, adv, len, truncated, s_ema, zero_std] = sums;
+    m.tokens_per_s_sample = tps_sample;
+    if let Some(r) = &mut m.rollout {
+        let (nt, nc) = (nt.max(1.0), nc.max(1.0));
+        r.generated_tokens_step = generated.round() as u64;
+        r.reward_mean = reward / nt;
+        r.reward_std = (reward_sq / nt - r.reward_mean * r.reward_mean).max(0.0).sqrt();
+        r.s_pred_mean = s_pred / nt;
+        r.adv_abs_mean = adv / nt;
+        r.thought_len_mean = len / nt;
+        r.thought_truncated_frac = truncated / nt;
+        r.s_ema_mean = s_ema / nc;
+        r.frac_zero_std_groups = zero_std / nc;
+    }
     Ok(())
 }
 

@@ -1,13 +1,22 @@
-//! Training loop pieces: optimizer, EMA teacher, LR schedule, checkpoints, the loop itself.
+//! Training: the loop (`trainer.rs`, read it first) and its steps, one file each.
+//!
+//! `contexts` draws contexts, `rollouts` samples and scores them, `grads` turns a batch into
+//! the policy gradient, `data_parallel` sums it over ranks, `optim` / `ema` / `schedule` update,
+//! `accounting` counts tokens and FLOPs, `log` writes metrics and samples, `checkpoint` saves
+//! and restores. The objectives' rewards and losses live in `crate::objective`.
 
+pub mod accounting;
 pub mod checkpoint;
-pub mod faults;
+pub mod contexts;
 pub mod data_parallel;
 pub mod ema;
+pub mod faults;
+pub mod grads;
+pub mod log;
 pub mod optim;
 pub mod policy;
 pub mod progress;
-pub mod ntp;
+pub mod rollouts;
 pub mod schedule;
 pub mod signals;
 #[cfg(feature = "tensorboard")]

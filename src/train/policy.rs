@@ -34,7 +34,7 @@ pub struct ThoughtLogprobs {
 }
 
 /// Which distribution a trained token was drawn from (see the module docs).
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Ban {
     /// First thought token: the rollout's banned tokens and `</think>`.
     FirstThought,
@@ -214,18 +214,30 @@ pub fn logprobs_from_hidden(model: &Model, inp: &ThoughtInputs, hidden: &Tensor,
 /// norm): logits / temperature, log-softmax, the target's entry, minus the log of the mass the
 /// sampler removed. Returns lp [C] (differentiable) and, when asked, Σ entropy (no gradient).
 fn token_logprobs(model: &Model, inp: &ThoughtInputs, h: &Tensor, start: usize, p: &RolloutParams, entropy: bool) -> Result<(Tensor, f64)> {
-    let dev = h.device().clone();
     let c = h.dim(0)?;
-    let z = (model.logits(h)? / p.sampling.temperature as f64)?; // [C, V]
+    let logits = model.logits(h)?; // [C, V]
+    let kinds = [0, 1, 2].map(|k| &inp.weights[k][start..start + c]);
+    sampler_logprobs(&logits, &inp.targets[start..start + c], kinds, p, entropy)
+}
+
+/// log π(target) of C tokens under the sampler's distribution, from their logits [C, V]:
+/// log-softmax of logits / temperature at the target, minus log(1 − mass removed), where the
+/// removed mass is the rollout's banned tokens, plus `</think>` for tokens drawn at the first
+/// thought slot or in a guess. `kinds[k]` [C] is 1.0 where token c was drawn from `Ban` kind k.
+/// Also returns, when asked, Σ over the C tokens of the tempered distribution's entropy (before
+/// the bans; no gradient).
+fn sampler_logprobs(logits: &Tensor, targets: &[u32], kinds: [&[f32]; 3], p: &RolloutParams, entropy: bool) -> Result<(Tensor, f64)> {
+    let dev = logits.device().clone();
+    let (c, vocab) = logits.dims2()?;
+    let z = (logits / p.sampling.temperature as f64)?; // [C, V]
     let lp_all = candle_nn::ops::log_softmax(&z, D::Minus1)?; // [C, V]
-    let targets_t = Tensor::new(&inp.targets[start..start + c], &dev)?;
+    let targets_t = Tensor::new(targets, &dev)?;
     let lp_tok = lp_all.gather(&targets_t.unsqueeze(1)?, 1)?.squeeze(1)?; // [C]
     // Probability mass each token's sampling distribution removed (see the module docs).
-    let vocab = model.cfg.vocab_size as u32;
-    let banned: Vec<u32> = p.banned.iter().copied().filter(|&b| b < vocab).collect();
+    let banned: Vec<u32> = p.banned.iter().copied().filter(|&b| (b as usize) < vocab).collect();
     let banned_mass = if banned.is_empty() { Tensor::zeros(c, DType::F32, &dev)? } else { lp_all.index_select(&Tensor::new(banned.as_slice(), &dev)?, 1)?.exp()?.sum(1)? };
     let end_p = lp_all.narrow(1, p.end_think_id as usize, 1)?.squeeze(1)?.exp()?; // [C]
-    let w = |k: Ban| Tensor::new(&inp.weights[k as usize][start..start + c], &dev);
+    let w = |k: Ban| Tensor::new(kinds[k as usize], &dev);
     let first_or_guess = (w(Ban::FirstThought)? + w(Ban::Guess)?)?;
     let removed = (((&banned_mass + &end_p)? * first_or_guess)? + (&banned_mass * w(Ban::Thought)?)?)?;
     let lp_tok = (lp_tok - (1.0 - removed)?.log()?)?; // [C]
@@ -300,4 +312,69 @@ pub fn checkpointed_policy_backward(model: &Model, inp: &ThoughtInputs, p: &Roll
         Ok((loss, grads))
     })?;
     Ok((loss, grads, logprobs.context("the policy head was not run")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingParams;
+    use candle_core::Device;
+
+    /// V = 4: ids 0 and 1 are text, 2 is `</think>`, 3 is `<think>` (always banned).
+    fn params(temperature: f32) -> RolloutParams {
+        RolloutParams {
+            g: 2,
+            budget: 4,
+            sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0 },
+            think_id: 3,
+            end_think_id: 2,
+            banned: vec![3],
+            separator: vec![],
+            guess_tokens: 0,
+        }
+    }
+
+    fn thought(ids: &[u32], closed: bool) -> Thought {
+        let n = ids.len() + closed as usize;
+        Thought { ids: ids.to_vec(), closed, logp_old: vec![-1.0; n], s_pred: 0.0, guess: vec![], guess_logp_old: vec![] }
+    }
+
+    #[test]
+    fn log_probs_are_tempered_and_renormalised_over_what_the_sampler_allowed() {
+        // logits [0, 1, 2, 4] at T = 2 → z = [0, 0.5, 1, 2].
+        let logits = Tensor::new(&[[0f32, 1.0, 2.0, 4.0], [0.0, 1.0, 2.0, 4.0], [0.0, 1.0, 2.0, 4.0]], &Device::Cpu).unwrap();
+        let e = |x: f64| x.exp();
+        let z = [0.0, 0.5, 1.0, 2.0];
+        // token 0: first thought slot, so `</think>` (2) and `<think>` (3) are both removed:
+        // log(e^0 / (e^0 + e^0.5)).
+        let first = (e(z[0]) / (e(z[0]) + e(z[1]))).ln();
+        // token 1: a later thought token, only `<think>` removed: log(e^0.5 / (1 + e^0.5 + e^1)).
+        let later = (e(z[1]) / (e(z[0]) + e(z[1]) + e(z[2]))).ln();
+        // token 2: a sampled `</think>` (a later slot): log(e^1 / (1 + e^0.5 + e^1)).
+        let end = (e(z[2]) / (e(z[0]) + e(z[1]) + e(z[2]))).ln();
+        let kinds: [&[f32]; 3] = [&[1.0, 0.0, 0.0], &[0.0, 1.0, 1.0], &[0.0, 0.0, 0.0]];
+        let (lp, entropy) = sampler_logprobs(&logits, &[0, 1, 2], kinds, &params(2.0), true).unwrap();
+        let lp: Vec<f32> = lp.to_vec1().unwrap();
+        for (got, want) in lp.iter().zip([first, later, end]) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{lp:?} vs {first}, {later}, {end}");
+        }
+        // entropy of softmax(z) before any ban, three times
+        let zs: f64 = z.iter().map(|&x| e(x)).sum();
+        let h: f64 = -z.iter().map(|&x| e(x) / zs * (x - zs.ln())).sum::<f64>();
+        assert!((entropy - 3.0 * h).abs() < 1e-5, "entropy {entropy} vs {}", 3.0 * h);
+    }
+
+    #[test]
+    fn the_first_thought_slot_bans_end_think_and_later_slots_do_not() {
+        let t = thought(&[0, 1], true);
+        let trained = trained_tokens(&t, &params(1.0), false);
+        let kinds: Vec<(usize, u32, Ban)> = trained.iter().map(|x| (x.offset, x.token, x.ban)).collect();
+        assert_eq!(kinds, vec![(0, 0, Ban::FirstThought), (1, 1, Ban::Thought), (2, 2, Ban::Thought)]);
+        // a `</think>` forced at the budget carries no gradient unless asked, and then its
+        // behaviour log-prob is the current one (None)
+        let forced = thought(&[0, 1], false);
+        assert_eq!(trained_tokens(&forced, &params(1.0), false).len(), 2);
+        let with_end = trained_tokens(&forced, &params(1.0), true);
+        assert_eq!((with_end[2].token, with_end[2].logp_old), (2, None));
+    }
 }

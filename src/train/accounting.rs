@@ -1,0 +1,100 @@
+//! Token and FLOP totals of a run (`flops.rs` conventions: matmuls only), counted as the work
+//! is done, saved in checkpoints and logged every step.
+//!
+//! Under several ranks each rank counts its own work into a zeroed [`Totals`] and
+//! [`fold_into`] sums those over ranks; a single process counts straight into the run's
+//! totals, so its sums are taken in the same order as the work.
+
+use crate::data::sampler::Context;
+use crate::dist::{Dist, ReduceOp};
+use crate::flops::{self, ModelShape};
+use crate::rollout::{RolloutParams, Thought};
+use anyhow::Result;
+
+/// Counters that accumulate over the whole run.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Corpus tokens the run consumed: prefixes and targets (rlp/rpt), packed windows (ntp).
+    pub input_tokens: u64,
+    /// Tokens sampled by rollouts (thoughts, `</think>`, RPT guesses).
+    pub generated_tokens: u64,
+    /// Tokens through the training forward.
+    pub trained_tokens: u64,
+    pub flops_sample: f64,
+    pub flops_score: f64,
+    pub flops_train: f64,
+}
+
+impl Totals {
+    pub fn flops_total(&self) -> f64 {
+        self.flops_sample + self.flops_score + self.flops_train
+    }
+}
+
+/// Where a rank counts its share of some work: the run's totals themselves in a single
+/// process, zeros under several ranks (summed by [`fold_into`]).
+pub fn counter(totals: &Totals, dist: &Dist) -> Totals {
+    if dist.world() == 1 {
+        totals.clone()
+    } else {
+        Totals::default()
+    }
+}
+
+/// Fold a [`counter`] back into the run's totals, summing every rank's counts.
+pub fn fold_into(totals: &mut Totals, counted: Totals, dist: &Dist) -> Result<()> {
+    if dist.world() == 1 {
+        *totals = counted;
+        return Ok(());
+    }
+    let c = counted;
+    let mut v = [c.input_tokens as f64, c.generated_tokens as f64, c.trained_tokens as f64, c.flops_sample, c.flops_score, c.flops_train];
+    dist.all_reduce_f64("token and FLOP counts", &mut v, ReduceOp::Sum)?;
+    totals.input_tokens += v[0].round() as u64;
+    totals.generated_tokens += v[1].round() as u64;
+    totals.trained_tokens += v[2].round() as u64;
+    totals.flops_sample += v[3];
+    totals.flops_score += v[4];
+    totals.flops_train += v[5];
+    Ok(())
+}
+
+/// Sampling and scoring one rollout batch: per context a prefill of prefix + `<think>`, per
+/// rollout its decode and its S_pred forward, and one no-think S_ema forward.
+pub fn count_rollouts(acc: &mut Totals, shape: &ModelShape, p: &RolloutParams, contexts: &[Context], thoughts: &[Vec<Thought>]) {
+    let sep = p.separator.len() as u64;
+    for (c, group) in contexts.iter().zip(thoughts) {
+        let prompt = c.prefix.len() as u64 + 1; // prefix + <think>
+        acc.input_tokens += c.prefix.len() as u64 + 1;
+        acc.flops_sample += flops::prefill_flops(shape, prompt);
+        for t in group {
+            // sampled: thought, </think>, guess; fed after the prefill: all but the last
+            let generated = t.ids.len() as u64 + 1 + t.guess.len() as u64;
+            acc.generated_tokens += generated;
+            acc.flops_sample += flops::decode_flops(shape, prompt, generated + sep);
+            acc.flops_score += flops::score_flops(shape, prompt + t.ids.len() as u64 + sep, 1);
+        }
+        acc.flops_score += flops::score_flops(shape, 0, c.prefix.len() as u64);
+    }
+}
+
+/// The policy forward and backward over the thoughts `idx` (flat b·G+i) in micro-batches of
+/// `micro`, as run: within a micro-batch the thoughts of one context branch off its prefix
+/// (once, when `shared`).
+#[allow(clippy::too_many_arguments)]
+pub fn count_policy_training(acc: &mut Totals, shape: &ModelShape, p: &RolloutParams, grad_on_forced_end: bool, shared: bool, contexts: &[Context], thoughts: &[Vec<Thought>], idx: &[usize], micro: usize) {
+    let g = p.g;
+    for chunk in idx.chunks(micro.max(1)) {
+        for ctx in chunk.chunk_by(|a, b| a / g == b / g) {
+            let prefix_len = contexts[ctx[0] / g].prefix.len() as u64;
+            let branches: Vec<(u64, u64)> = ctx
+                .iter()
+                .map(|&k| {
+                    let t = &thoughts[k / g][k % g];
+                    (t.ids.len() as u64 + 1 + t.guess.len() as u64, super::policy::grad_len(t, p, grad_on_forced_end) as u64)
+                })
+                .collect();
+            acc.flops_train += flops::policy_train_flops(shape, prefix_len, &branches, shared);
+        }
+    }
+}
