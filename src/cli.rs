@@ -152,7 +152,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         None => PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()),
     };
     crate::train::signals::install()?;
-    // [dist] One process, or one rank of an `mpirun`/`srun` job.
+    // One process, or one rank of an `mpirun`/`srun` job.
     let timeout = std::time::Duration::from_secs_f64(cfg.train.collective_timeout_s);
     let dist = std::rc::Rc::new(crate::dist::Dist::from_launcher(timeout)?);
     let result = crate::train::trainer::Trainer::new_distributed(cfg, &out, a.resume, dist.clone()).and_then(|mut t| t.run().map(|_| t.step));

@@ -3,7 +3,8 @@
 //! Pass a `Model::detached()` view so no autograd graph is recorded.
 
 use super::kv_cache::{pick_rows, KvCache};
-use super::transformer::{AttnLayout, Model, MASKED};
+use super::layout::AttnLayout;
+use super::transformer::Model;
 use crate::sampling::{self, SamplingParams};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -30,26 +31,17 @@ impl Model {
             bail!("prompt of {t} tokens does not fit a cache of {cap}");
         }
         let mut cache = self.new_cache(b, cap)?;
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let (layout, starts) = AttnLayout::left_padded(&lens);
         let mut ids = Vec::with_capacity(b * t);
-        let mut positions = Vec::with_capacity(b * t);
-        let mut mask = vec![MASKED; b * t * t];
         for (r, p) in prompts.iter().enumerate() {
-            let start = t - p.len();
-            cache.row_start[r] = start;
+            cache.row_start[r] = starts[r];
             cache.next_pos[r] = p.len() as u32;
-            ids.extend(std::iter::repeat(0u32).take(start));
+            ids.extend(std::iter::repeat(0u32).take(starts[r]));
             ids.extend_from_slice(p);
-            for i in 0..t {
-                positions.push(i.saturating_sub(start) as u32);
-                if i >= start {
-                    for m in &mut mask[(r * t + i) * t + start..=(r * t + i) * t + i] {
-                        *m = 0.0;
-                    }
-                }
-            }
         }
         let ids = Tensor::from_vec(ids, (b, t), self.device())?;
-        let hidden = self.forward_hidden(&ids, &AttnLayout { positions, mask }, Some(&mut cache))?;
+        let hidden = self.forward_hidden(&ids, &layout, Some(&mut cache))?;
         let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [B, D]
         Ok((self.logits(&last)?, cache))
     }

@@ -7,6 +7,7 @@
 //! dropped (finished rollouts) with one `index_select` per layer.
 
 use super::config::BlockKind;
+use super::layout::AttnLayout;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -135,21 +136,8 @@ impl KvCache {
     }
 
     /// Attention layout for feeding T new tokens to every row (positions continue per row).
-    pub fn step_layout(&self, t: usize) -> super::transformer::AttnLayout {
-        let b = self.batch();
-        let k = self.len + t;
-        let mut positions = Vec::with_capacity(b * t);
-        let mut mask = vec![super::transformer::MASKED; b * t * k];
-        for r in 0..b {
-            for i in 0..t {
-                positions.push(self.next_pos[r] + i as u32);
-                let row = &mut mask[(r * t + i) * k..(r * t + i + 1) * k];
-                for m in &mut row[self.row_start[r]..=self.len + i] {
-                    *m = 0.0;
-                }
-            }
-        }
-        super::transformer::AttnLayout { positions, mask }
+    pub fn step_layout(&self, t: usize) -> AttnLayout {
+        AttnLayout::cache_step(&self.row_start, &self.next_pos, self.len, t)
     }
 }
 

@@ -4,9 +4,11 @@ pub mod config;
 pub mod decode;
 pub mod fused;
 pub mod gguf;
+pub mod grad_store;
 pub mod gguf_write;
 pub mod init;
 pub mod kv_cache;
+pub mod layout;
 pub mod nemotron_h;
 pub mod rope;
 pub mod ssd;
@@ -15,4 +17,5 @@ pub mod weights;
 
 pub use config::{Arch, BlockKind, Config, Hybrid};
 pub use kv_cache::KvCache;
-pub use transformer::{target_logprobs, AttnLayout, Model};
+pub use layout::AttnLayout;
+pub use transformer::{target_logprobs, Model};

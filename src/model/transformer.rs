@@ -8,6 +8,8 @@
 use super::config::Config;
 use super::fused;
 use super::kv_cache::KvCache;
+use super::grad_store::{empty_grad_store, take_grads};
+use super::layout::AttnLayout;
 use super::nemotron_h::{self, HybridBlock};
 use super::rope::Rope;
 use super::ssd::Segments;
@@ -19,7 +21,6 @@ use std::collections::HashMap;
 /// Additive attention-mask value for a forbidden key. Finite on purpose: a query row with every
 /// key masked (a padding query) then gets a uniform softmax instead of NaN, and its output is
 /// ignored by every caller.
-pub const MASKED: f32 = -1e30;
 
 pub struct Layer {
     pub q_proj: Tensor, // [H*hd, D]
@@ -76,55 +77,6 @@ pub struct Model {
     pub rope: Rope,
 }
 
-/// Where each query token sits and which keys it may see.
-pub struct AttnLayout {
-    /// [B*T] RoPE position of every query token.
-    pub positions: Vec<u32>,
-    /// [B*T*K] additive mask (0 or MASKED), K = past + T.
-    pub mask: Vec<f32>,
-}
-
-impl AttnLayout {
-    /// Causal attention over right-padded rows: row b has `lens[b]` real tokens at positions
-    /// 0..lens[b]; keys past a row's length are hidden.
-    pub fn right_padded(lens: &[usize], t: usize) -> Self {
-        let segs: Vec<Vec<u32>> = lens.iter().map(|&l| vec![0; l]).collect();
-        Self::segmented(&segs, t)
-    }
-
-    /// Causal attention where each row is a sequence of segments (packed documents): a token sees
-    /// only earlier tokens of its own segment, and positions restart at 0 in each segment.
-    /// `segments[b][i]` is the segment id of token i of row b; rows are right-padded to `t`.
-    pub fn segmented(segments: &[Vec<u32>], t: usize) -> Self {
-        let b = segments.len();
-        let mut positions = vec![0u32; b * t];
-        let mut mask = vec![MASKED; b * t * t];
-        for (r, seg) in segments.iter().enumerate() {
-            let mut pos = 0u32;
-            for i in 0..t {
-                if i < seg.len() {
-                    if i > 0 && seg[i] != seg[i - 1] {
-                        pos = 0;
-                    }
-                    positions[r * t + i] = pos;
-                    pos += 1;
-                    for j in 0..=i {
-                        if seg[j] == seg[i] {
-                            mask[(r * t + i) * t + j] = 0.0;
-                        }
-                    }
-                } else {
-                    // Padding query: sees the real keys, its output is ignored.
-                    for j in 0..seg.len().min(i + 1) {
-                        mask[(r * t + i) * t + j] = 0.0;
-                    }
-                }
-            }
-        }
-        AttnLayout { positions, mask }
-    }
-}
-
 /// The Hugging Face names of the tensors outside the blocks.
 struct Names {
     embed: &'static str,
@@ -138,34 +90,6 @@ impl Names {
         } else {
             Names { embed: "model.embed_tokens.weight", norm: "model.norm.weight" }
         }
-    }
-}
-
-impl AttnLayout {
-    /// What a recurrent (Mamba) block needs from the layout, for B rows of T queries after
-    /// `past` cached keys: [B*T] 1.0 for real tokens (a query that sees its own key), 0.0 for
-    /// padding; and, when some row packs several documents (a real token that cannot see an
-    /// earlier real token of its row), each token's document (the first key it sees). With a
-    /// cache every row is one document.
-    pub fn tokens_and_documents(&self, b: usize, t: usize, past: usize) -> (Vec<f32>, Option<Segments>) {
-        let k = past + t;
-        let visible = |r: usize, i: usize, j: usize| self.mask[(r * t + i) * k + j] == 0.0;
-        let mut real = vec![0f32; b * t];
-        let mut ids = vec![vec![0u32; t]; b];
-        let mut packed = false;
-        for r in 0..b {
-            let mut first_doc: Option<usize> = None;
-            for i in 0..t {
-                let own = visible(r, i, past + i);
-                real[r * t + i] = if own { 1.0 } else { 0.0 };
-                let start = (0..=past + i).find(|&j| visible(r, i, j)).unwrap_or(past + i);
-                ids[r][i] = start as u32;
-                if own && past == 0 {
-                    packed |= *first_doc.get_or_insert(start) != start;
-                }
-            }
-        }
-        (real, if packed { Some(Segments { ids }) } else { None })
     }
 }
 
@@ -205,32 +129,6 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dt)?;
     Ok(y.broadcast_mul(w)?)
-}
-
-/// Move the gradients of `params` from `from` into `into`, adding where `into` already holds
-/// one (a tied embedding, or several backward passes). Only these are taken: candle's backward
-/// also stores a gradient for every constant operand of a binary op (the g in Σ block(x) ⊙ g,
-/// a broadcast mask), some built from tracked activations, which would keep a block's whole
-/// graph alive if the store were kept. The gradients are detached: candle leaves a leaf's
-/// gradient tracked when its last backward step multiplied by a tracked tensor (exp(A_log) for
-/// NemotronH's A).
-pub fn take_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
-    for p in params {
-        if let Some(g) = from.remove(p) {
-            let sum = match into.remove(p) {
-                Some(prev) => (prev + g)?,
-                None => g,
-            };
-            into.insert(p, sum.detach());
-        }
-    }
-    Ok(())
-}
-
-/// A gradient store with nothing in it that matters (candle has no public constructor: the
-/// backward of an untracked scalar holds only that scalar's own unit gradient).
-pub fn empty_grad_store(dev: &Device) -> Result<GradStore> {
-    Ok(Tensor::zeros((), DType::F32, dev)?.backward()?)
 }
 
 /// Scaled dot-product attention with grouped KV heads: q [B, H, T, hd], k, v [B, KV, T, hd]

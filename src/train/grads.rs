@@ -3,7 +3,7 @@
 
 use super::policy::{checkpointed_policy_backward, logprobs_from_hidden, thought_inputs, thought_logprobs, ThoughtLogprobs, ThoughtRow};
 use super::rollouts::RolloutBatch;
-use crate::model::transformer::{empty_grad_store, take_grads};
+use crate::model::grad_store::{empty_grad_store, take_grads};
 use crate::model::Model;
 use crate::objective::rlp::{policy_loss, LossSettings, PolicyLoss, SurrogateStats};
 use crate::rollout::RolloutParams;

@@ -6,7 +6,7 @@
 //! log p'(x) = log p(x) − log(1 − Σ_{s∈S} p(s)), which is what is computed here, so that the
 //! ratio π_θ / π_θold is exactly 1 on the first PPO epoch up to float rounding.
 
-use crate::model::transformer::{empty_grad_store, take_grads};
+use crate::model::grad_store::{empty_grad_store, take_grads};
 use crate::model::{AttnLayout, Model};
 use crate::rollout::{RolloutParams, Thought};
 use anyhow::{Context, Result};
@@ -150,7 +150,7 @@ pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, gra
     let t_max = *lens.iter().max().context("no thoughts to score")?;
     let mut ids = vec![0u32; packed.len() * t_max];
     let mut positions = vec![0u32; packed.len() * t_max];
-    let mut mask = vec![crate::model::transformer::MASKED; packed.len() * t_max * t_max];
+    let mut mask = vec![crate::model::layout::MASKED; packed.len() * t_max * t_max];
     // start[i]: where thought i's branch begins in its row; row_of[i]: that row.
     let (mut start, mut row_of) = (vec![0usize; n], vec![0usize; n]);
     for (r, q) in packed.iter().enumerate() {
