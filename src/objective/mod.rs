@@ -2,3 +2,5 @@
 
 pub mod rlp;
 pub mod rpt;
+pub mod rlvr;
+pub mod sft;
