@@ -118,7 +118,7 @@ mod tests {
     /// The tally at the end of an evaluation prompt (`"… tally a4 b3 is"`).
     fn prompt_tally(prompt: &str) -> Vec<u8> {
         let lead = &prompt[prompt.rfind("tally ").expect("a tally prompt")..];
-        lead.split(' ').filter(|w| w.len() == 2).map(|w| w.as_bytes()[1] - b'0').collect()
+        lead.split(' ').filter(|w| w.len() == 2 && w.as_bytes()[1].is_ascii_digit()).map(|w| w.as_bytes()[1] - b'0').collect()
     }
 
     #[test]
