@@ -448,3 +448,15 @@ fn rlvr_sampling_gives_g_samples_per_prompt() {
     let masked = (lp * &inp.mask).unwrap().sum_all().unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
     assert!(masked.is_finite() && masked < 0.0);
 }
+
+#[test]
+fn bundled_rlvr_set_loads_and_shares_no_item_with_the_evaluation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let post = rlp::eval::items::load_items(&root.join("data/post/rlvr_quartz.jsonl")).unwrap();
+    let eval = rlp::eval::items::load_items(&root.join("data/eval/quartz.jsonl")).unwrap();
+    assert!(post.len() >= 900, "{} items", post.len());
+    let seen: std::collections::HashSet<(String, Vec<String>)> = eval.iter().map(|i| (i.question.clone(), i.choices.clone())).collect();
+    assert!(post.iter().all(|i| !seen.contains(&(i.question.clone(), i.choices.clone()))));
+    let ids: std::collections::HashSet<&str> = eval.iter().map(|i| i.id.as_str()).collect();
+    assert!(post.iter().all(|i| !ids.contains(i.id.as_str()) && i.choices.len() == 2));
+}
