@@ -215,7 +215,7 @@ fn shuffled_packing_matches_the_ntp_packer_and_resumes() {
         let a = sft.next_window(&docs, 9).unwrap();
         let b = ntp.next_window(&docs.tokens, 9).unwrap();
         assert_eq!((&a.tokens, &a.segments), (&b.tokens, &b.segments), "the same windows as ntp");
-        // Every loss flag is its token's: 1 on EOS, else the example's flag at that offset.
+        // The EOS after each example is trained (the per-token flags are checked in order below).
         for (i, (&tk, &l)) in a.tokens.iter().zip(&a.loss).enumerate() {
             if tk == eos {
                 assert_eq!(l, 1, "EOS at {i} is trained");
@@ -245,7 +245,7 @@ fn sft_loss_on_a_model_counts_response_tokens_only() {
     let docs = tokenize_sft(&tok, &recs, None, None).unwrap();
     let mut p = SftPacker::in_order(1, tok.eos_ids[0]).unwrap();
     let w = p.next_window(&docs, 12).unwrap();
-    let (ids, targets, mask, layout) = sft_batch(&[w.clone()], true, &Device::Cpu).unwrap();
+    let (ids, targets, mask, layout) = sft_batch(std::slice::from_ref(&w), true, &Device::Cpu).unwrap();
     let logits = model.logits(&model.forward_hidden(&ids, &layout, None).unwrap()).unwrap(); // [1, T, V]
     let loss = sft_loss(&logits, &targets, &mask).unwrap().to_scalar::<f32>().unwrap() as f64;
     // By hand: −log softmax at each trained target, averaged.
@@ -459,4 +459,40 @@ fn bundled_rlvr_set_loads_and_shares_no_item_with_the_evaluation() {
     assert!(post.iter().all(|i| !seen.contains(&(i.question.clone(), i.choices.clone()))));
     let ids: std::collections::HashSet<&str> = eval.iter().map(|i| i.id.as_str()).collect();
     assert!(post.iter().all(|i| !ids.contains(i.id.as_str()) && i.choices.len() == 2));
+}
+
+#[test]
+fn rlvr_question_order_covers_each_epoch_once_and_resumes() {
+    let mut o = rlvr::QuestionOrder::new(5, 3).unwrap();
+    let first: Vec<usize> = o.next_batch(3).into_iter().chain(o.next_batch(2)).collect();
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1, 2, 3, 4], "one epoch visits every question once");
+    assert_eq!(o.epoch(), 0);
+    let saved = serde_json::to_string(o.state()).unwrap();
+    let next: Vec<usize> = o.next_batch(7);
+    assert_eq!(o.epoch(), 2);
+    let mut again = rlvr::QuestionOrder::new(5, 3).unwrap();
+    again.restore(serde_json::from_str(&saved).unwrap()).unwrap();
+    assert_eq!(again.next_batch(7), next);
+    let e = rlvr::QuestionOrder::new(6, 3).unwrap().restore(serde_json::from_str(&saved).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("saved for 5 questions"), "{e}");
+    assert!(rlvr::QuestionOrder::new(0, 3).is_err());
+}
+
+#[test]
+fn seeded_sampling_does_not_depend_on_how_questions_are_split() {
+    let (model, tok) = tiny();
+    let q2 = Item { question: "What is 5 + 1?".into(), ..item() };
+    let prompts: Vec<Vec<u32>> = [item(), q2].iter().map(|it| rlvr::prompt(&tok, it, PromptLayout::Bench, true).unwrap()).collect();
+    let sp = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0 };
+    let at = |first_question, step| rlvr::StepSeed { seed: 7, step, first_question };
+    let spec = GenSpec { think_budget: 4, answer_tokens: 3, sampling: Some(sp), answer_sampling: Some(sp) };
+    let both = rlvr::sample_groups_seeded(&model, &tok, &prompts, 3, &spec, at(10, 2)).unwrap();
+    let one = rlvr::sample_groups_seeded(&model, &tok, &prompts[..1], 3, &spec, at(10, 2)).unwrap();
+    let two = rlvr::sample_groups_seeded(&model, &tok, &prompts[1..], 3, &spec, at(11, 2)).unwrap();
+    assert_eq!(both, [one, two].concat());
+    let other_step = rlvr::sample_groups_seeded(&model, &tok, &prompts, 3, &spec, at(10, 3)).unwrap();
+    assert_ne!(both, other_step, "another step draws other samples");
+    assert!(both[..3].iter().any(|g| g != &both[0]), "the G samples of a question differ");
 }

@@ -31,6 +31,10 @@
 //!   behaviour log-probs, so `logp_old` is this same function on the policy before the update
 //!   (no gradient), and ρ = 1 exactly on the first PPO epoch. Top-k / top-p truncation is not
 //!   in the computed distribution (as in RLP).
+//! - **Questions and RNG.** [`QuestionOrder`] walks a seeded shuffle of the items, reshuffled
+//!   each epoch; [`sample_groups_seeded`] draws each question's G samples from
+//!   `rollout::context_rng(seed, step, question index)`, so samples do not depend on ranks or
+//!   batching and resume needs no RNG state ([`sample_groups`] shares one RNG, batching more rows).
 //! - **Aggregation.** RLP's: mean over each sample's trained tokens, then the sum over samples
 //!   divided by the step's total sample count (all micro-batches and ranks).
 //! - **KL.** Against the reference's log-probs of the same tokens under the same distribution;
@@ -46,11 +50,12 @@ use crate::eval::generate::{think_then_answer, GenSpec, Generation};
 use crate::eval::items::Item;
 use crate::model::transformer::pad_right;
 use crate::model::{AttnLayout, Model};
+use crate::rollout::context_rng;
 use crate::tokenizer::Tok;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How group-relative advantages are formed (`objective::rlp::group_advantages`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,101 @@ pub fn sample_groups(model: &Model, tok: &Tok, prompts: &[Vec<u32>], g: usize, s
         out.extend(think_then_answer(model, tok, chunk, spec, rng)?);
     }
     Ok(out)
+}
+
+/// Which RNG stream each question of a step samples from (see [`sample_groups_seeded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSeed {
+    pub seed: u64,
+    pub step: u64,
+    /// Global index, within the step, of the first of the prompts passed.
+    pub first_question: u64,
+}
+
+/// `sample_groups` with one RNG per question, `rollout::context_rng(seed, step, index)` for
+/// the question's global index in the step (`first_question` + its position in `prompts`),
+/// so the samples do not depend on how questions are split over ranks or batches, and resume
+/// needs no RNG state. The G samples of one question are decoded together.
+pub fn sample_groups_seeded(model: &Model, tok: &Tok, prompts: &[Vec<u32>], g: usize, spec: &GenSpec, at: StepSeed) -> Result<Vec<Generation>> {
+    ensure!(g >= 2, "RLVR needs G >= 2 samples per question for group-relative advantages, got {g}");
+    let mut out = Vec::with_capacity(prompts.len() * g);
+    for (q, p) in prompts.iter().enumerate() {
+        let mut rng = context_rng(at.seed, at.step, at.first_question + q as u64);
+        out.extend(think_then_answer(model, tok, &vec![p.clone(); g], spec, &mut rng)?);
+    }
+    Ok(out)
+}
+
+/// Where [`QuestionOrder`] is; serialise it into a checkpoint to resume exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuestionOrderState {
+    num_items: usize,
+    seed: u64,
+    epoch: u64,
+    /// Next position in this epoch's order.
+    cursor: usize,
+}
+
+/// The questions of each step: a seeded shuffle of all items, reshuffled each epoch (the
+/// paper's RLVR is one epoch over MATH train).
+pub struct QuestionOrder {
+    state: QuestionOrderState,
+    order: Vec<usize>,
+}
+
+fn question_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x726c_7672_5f71_7573); // "rlvr_qus"
+    rng.set_stream(epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+impl QuestionOrder {
+    pub fn new(num_items: usize, seed: u64) -> Result<QuestionOrder> {
+        ensure!(num_items > 0, "the RLVR set has no questions");
+        Ok(QuestionOrder { state: QuestionOrderState { num_items, seed, epoch: 0, cursor: 0 }, order: question_order(seed, 0, num_items) })
+    }
+
+    /// The next `q` item indices (an epoch boundary continues into the next epoch's order).
+    pub fn next_batch(&mut self, q: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(q);
+        while out.len() < q {
+            if self.state.cursor == self.state.num_items {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+                self.order = question_order(self.state.seed, self.state.epoch, self.state.num_items);
+            }
+            out.push(self.order[self.state.cursor]);
+            self.state.cursor += 1;
+        }
+        out
+    }
+
+    /// Epochs completed over the questions (0 during the first).
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
+    }
+
+    pub fn state(&self) -> &QuestionOrderState {
+        &self.state
+    }
+
+    pub fn restore(&mut self, state: QuestionOrderState) -> Result<()> {
+        ensure!(
+            state.num_items == self.state.num_items && state.seed == self.state.seed && state.cursor <= state.num_items,
+            "cannot resume the RLVR question order: it was saved for {} questions and seed {}, this run has {} and {}",
+            state.num_items,
+            state.seed,
+            self.state.num_items,
+            self.state.seed
+        );
+        self.order = question_order(state.seed, state.epoch, state.num_items);
+        self.state = state;
+        Ok(())
+    }
 }
 
 /// Reward settings.
@@ -199,9 +299,12 @@ pub struct SampleRow<'a> {
     pub gen: &'a Generation,
 }
 
+/// Trained tokens of a sample: (index in its sequence, phase it was drawn in).
+type TrainedTokens = Vec<(usize, Phase)>;
+
 /// A sample's full sequence (prompt, thought, `</think>` when thinking, answer) and its trained
 /// tokens as (index in the sequence, phase).
-fn sequence(row: &SampleRow, thinking: bool, end_think: u32) -> (Vec<u32>, Vec<(usize, Phase)>) {
+fn sequence(row: &SampleRow, thinking: bool, end_think: u32) -> (Vec<u32>, TrainedTokens) {
     let p = row.prompt.len();
     let mut seq = row.prompt.to_vec();
     let mut trained = Vec::new();
@@ -249,7 +352,7 @@ impl SampleInputs {
     pub fn new(rows: &[SampleRow], thinking: bool, bans: &GenBans, dev: &candle_core::Device) -> Result<SampleInputs> {
         ensure!(!rows.is_empty(), "no RLVR samples to score");
         ensure!(rows.iter().all(|r| !r.prompt.is_empty()), "an RLVR prompt has no tokens: every question must encode to at least one token");
-        let seqs: Vec<(Vec<u32>, Vec<(usize, Phase)>)> = rows.iter().map(|r| sequence(r, thinking, bans.end_think_id)).collect();
+        let seqs: Vec<(Vec<u32>, TrainedTokens)> = rows.iter().map(|r| sequence(r, thinking, bans.end_think_id)).collect();
         let fed: Vec<Vec<u32>> = seqs.iter().map(|(s, _)| s[..(s.len() - 1).max(1)].to_vec()).collect();
         let (ids, lens_fed, t) = pad_right(&fed, dev)?; // [N, T]
         let layout = AttnLayout::right_padded(&lens_fed, t);
