@@ -8,7 +8,8 @@
 //!   template when there is one ([`ChatTemplate`]), else with [`plain_chat`].
 //!
 //! Blank lines are skipped; anything else that is not such an object is an error naming
-//! `file:line` and what to write instead.
+//! `file:line` and what to write instead. Other keys (`id`, a message's `reasoning_content`, …) are
+//! ignored: write thoughts inline in the content as `<think>…</think>`.
 //!
 //! Choices the issue leaves open:
 //! - **Loss.** On response tokens only: the `response` of a pair, every assistant turn of a chat.
