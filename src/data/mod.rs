@@ -3,3 +3,4 @@
 pub mod corpus;
 pub mod packer;
 pub mod sampler;
+pub mod sft;

@@ -1,8 +1,9 @@
 //! The embedded demo: a synthetic world where thinking helps (`synth`), its files and tokenizer
-//! (`data`), the `rlp demo` pipeline (`run`) and the `init-model` / `demo-data` subcommands
-//! (`cli`). Sizes and measurements: `src/demo/README.md`.
+//! (`data`), post-training sets drawn from it (`post`), the `rlp demo` pipeline (`run`) and the
+//! `init-model` / `demo-data` subcommands (`cli`). Sizes and measurements: `src/demo/README.md`.
 
 pub mod cli;
 pub mod data;
+pub mod post;
 pub mod run;
 pub mod synth;

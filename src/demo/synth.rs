@@ -246,7 +246,8 @@ fn plain(rng: &mut ChaCha8Rng, text: String) -> Segment {
     Segment::Plain { text, pause }
 }
 
-fn labelled(digits: &[u8]) -> String {
+/// `"a4 b3 c8"`: each digit after its label.
+pub fn labelled(digits: &[u8]) -> String {
     digits.iter().zip(LABELS).map(|(d, l)| format!("{l}{d}")).collect::<Vec<_>>().join(" ")
 }
 

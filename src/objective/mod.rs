@@ -2,7 +2,10 @@
 //!
 //! - `rlp`: information-gain rewards, group-relative advantages, the clipped surrogate (+ KL);
 //! - `rpt`: the RPT baseline's prefix-match reward and entropy filter (RLP's advantages and loss);
-//! - `ntp`: next-token batches and loss (the CPT baseline).
+//! - `ntp`: next-token batches and loss (the CPT baseline);
+//! - `sft`: supervised fine-tuning, the next-token loss on response tokens only;
+//! - `rlvr`: reinforcement learning with verifiable rewards (post-training on question/answer
+//!   items graded by `rlp eval`'s answer extraction).
 //!
 //! The trainer calls [`rollout_rewards`] for RLP and RPT, then `rlp::group_advantages` and
 //! `rlp::policy_loss`; for NTP `ntp::window_batch` and `ntp::window_loss`. `rlp bench step`
@@ -11,6 +14,8 @@
 pub mod ntp;
 pub mod rlp;
 pub mod rpt;
+pub mod rlvr;
+pub mod sft;
 
 use crate::config::ObjectiveName;
 use crate::data::corpus::TokenizedDocs;
