@@ -7,7 +7,7 @@ use rlp::data::packer::Packer;
 use rlp::data::sft::{load_sft, sft_batch, tokenize_spans, tokenize_sft, ChatTemplate, Message, SftDocs, SftExample, SftPacker, SftRecord, Span};
 use rlp::eval::generate::{GenSpec, Generation};
 use rlp::eval::items::Item;
-use rlp::model::transformer::MASKED;
+use rlp::model::layout::MASKED;
 use rlp::model::{weights, Model};
 use rlp::objective::rlp::SurrogateStats;
 use rlp::objective::rlvr::{self, AdvantageKind, GenBans, LossParams, PromptLayout, RewardSpec, SampleInputs, SampleRow};
