@@ -298,7 +298,7 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let prefill_flops = b as f64 * flops::prefill_flops(&shape, pl);
     // The policy FLOPs as run: with the shared prefix each context's prefix once, its G
     // thoughts attending to it (the bench's thoughts all run to the budget).
-    let shared = !a.no_share_prefix;
+    let shared = crate::train::policy::prefix_is_shared(&policy.cfg, !a.no_share_prefix);
     let train_flops = b as f64 * flops::policy_train_flops(&shape, a.prefix as u64, &vec![(c, c); g], shared);
     let train_tokens = if shared { b * (a.prefix + g * (budget + 1)) } else { b * g * (a.prefix + budget + 1) };
     let train_fwd_flops = train_flops / 3.0;

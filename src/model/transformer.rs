@@ -398,7 +398,7 @@ impl Model {
         }
         if let Some(max) = ids.flatten_all()?.max(0)?.to_scalar::<u32>().ok() {
             if max as usize >= self.cfg.vocab_size {
-                bail!("token id {max} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+                bail!("token id {max} is outside the model's vocabulary of {v} (ids 0..{v}): the ids come from another tokenizer; encode with the tokenizer.json saved beside this model", v = self.cfg.vocab_size);
             }
         }
         let dev = ids.device();

@@ -79,22 +79,23 @@ pub fn count_rollouts(acc: &mut Totals, shape: &ModelShape, p: &RolloutParams, c
 }
 
 /// The policy forward and backward over the thoughts `idx` (flat b·G+i) in micro-batches of
-/// `micro`, as run: within a micro-batch the thoughts of one context branch off its prefix
-/// (once, when `shared`).
+/// `micro`, as run: within a micro-batch the thoughts packed into one row
+/// (`policy::packed_rows`: equal prefixes, when `shared`) branch off one prefix.
 #[allow(clippy::too_many_arguments)]
 pub fn count_policy_training(acc: &mut Totals, shape: &ModelShape, p: &RolloutParams, grad_on_forced_end: bool, shared: bool, contexts: &[Context], thoughts: &[Vec<Thought>], idx: &[usize], micro: usize) {
     let g = p.g;
     for chunk in idx.chunks(micro.max(1)) {
-        for ctx in chunk.chunk_by(|a, b| a / g == b / g) {
-            let prefix_len = contexts[ctx[0] / g].prefix.len() as u64;
-            let branches: Vec<(u64, u64)> = ctx
+        let prefixes: Vec<&[u32]> = chunk.iter().map(|&k| contexts[k / g].prefix.as_slice()).collect();
+        for row in super::policy::packed_rows(&prefixes, shared) {
+            let branches: Vec<(u64, u64)> = row
                 .iter()
-                .map(|&k| {
+                .map(|&j| {
+                    let k = chunk[j];
                     let t = &thoughts[k / g][k % g];
                     (t.ids.len() as u64 + 1 + t.guess.len() as u64, super::policy::grad_len(t, p, grad_on_forced_end) as u64)
                 })
                 .collect();
-            acc.flops_train += flops::policy_train_flops(shape, prefix_len, &branches, shared);
+            acc.flops_train += flops::policy_train_flops(shape, prefixes[row[0]].len() as u64, &branches, shared);
         }
     }
 }

@@ -116,6 +116,21 @@ pub fn prefix_is_shared(cfg: &crate::model::Config, requested: bool) -> bool {
     requested && cfg.arch != crate::model::Arch::NemotronH
 }
 
+/// Which thoughts share one input row of the policy forward: with `share`, all thoughts whose
+/// prefixes are equal (in order of first appearance), else one row each. `prefixes[i]` is
+/// thought i's prefix; returns the thought indices of each row. FLOP accounting counts the
+/// rows this gives, so it counts what runs.
+pub fn packed_rows(prefixes: &[&[u32]], share: bool) -> Vec<Vec<usize>> {
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    for (i, p) in prefixes.iter().enumerate() {
+        match rows.iter_mut().find(|r| share && prefixes[r[0]] == *p) {
+            Some(r) => r.push(i),
+            None => rows.push(vec![i]),
+        }
+    }
+    rows
+}
+
 /// One input row: a prefix and the thoughts (indices into `rows`) that branch off it.
 struct PackedRow<'a> {
     prefix: &'a [u32],
@@ -138,14 +153,11 @@ pub fn thought_inputs(model: &Model, rows: &[ThoughtRow], p: &RolloutParams, gra
             std::iter::once(p.think_id).chain(completion[..upto].iter().copied()).collect()
         })
         .collect();
-    let share_prefix = prefix_is_shared(&model.cfg, share_prefix);
-    let mut packed: Vec<PackedRow> = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        match packed.iter_mut().find(|q| share_prefix && q.prefix == r.prefix) {
-            Some(q) => q.branches.push(i),
-            None => packed.push(PackedRow { prefix: r.prefix, branches: vec![i] }),
-        }
-    }
+    let prefixes: Vec<&[u32]> = rows.iter().map(|r| r.prefix).collect();
+    let packed: Vec<PackedRow> = packed_rows(&prefixes, prefix_is_shared(&model.cfg, share_prefix))
+        .into_iter()
+        .map(|branches| PackedRow { prefix: rows[branches[0]].prefix, branches })
+        .collect();
     let lens: Vec<usize> = packed.iter().map(|q| q.prefix.len() + q.branches.iter().map(|&i| branches[i].len()).sum::<usize>()).collect();
     let t_max = *lens.iter().max().context("no thoughts to score")?;
     let mut ids = vec![0u32; packed.len() * t_max];
