@@ -188,8 +188,12 @@ pub fn make_plan(a: &PlanArgs) -> Result<(Plan, TrainConfig)> {
     Ok((plan, cfg))
 }
 
+/// A temporary path for the paper's setting, unique per call (plans may be made concurrently in
+/// one process, as the unit tests do).
 fn tempfile_path() -> Result<PathBuf> {
-    Ok(std::env::temp_dir().join(format!("rlp-plan-{}.toml", std::process::id())))
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(std::env::temp_dir().join(format!("rlp-plan-{}-{n}.toml", std::process::id())))
 }
 
 pub fn plan(a: &PlanArgs) -> Result<()> {
