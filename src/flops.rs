@@ -43,9 +43,9 @@ pub struct ModelShape {
 /// The sizes of a hybrid model's blocks that determine FLOPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HybridShape {
-    pub mamba_layers: u64,     // 27 (Nemotron-Nano-12B-v2)
+    pub mamba_layers: u64,     // 28 (Nemotron-Nano-12B-v2)
     pub attention_layers: u64, // 6
-    pub mlp_layers: u64,       // 29
+    pub mlp_layers: u64,       // 28
     pub heads: u64,            // H, 128
     pub head_dim: u64,         // P, 80
     pub state: u64,            // N, 128
@@ -97,6 +97,28 @@ impl ModelShape {
             vocab: 151_936,
             tied_embeddings: true,
             hybrid: None,
+        }
+    }
+
+    /// Nemotron-Nano-12B-v2(-Base), the paper's hybrid model (`NemotronHForCausalLM`): 62 blocks
+    /// `M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-` (28 Mamba-2, 6 attention,
+    /// 28 relu² MLP), d 5120, attention 40 heads / 8 KV heads of 128, MLP 20480, Mamba-2 128 heads
+    /// of 80, state 128, 8 groups, conv 4, chunk 128, V 131072, untied head. Source: NVIDIA's
+    /// Megatron-Bridge `NemotronNanoModelProvider12Bv2` (pattern, d, heads, kv_channels, Mamba
+    /// heads/head dim/state, ffn) with its base's 8 query and 8 Mamba groups, the Megatron-LM
+    /// training flags for the 12B (`--num-layers 62 --untie-embeddings-and-output-weights`), and
+    /// the model card's 131,072-token vocabulary; conv 4 and chunk 128 are the NemotronH defaults.
+    pub fn nemotron_nano_12b_v2() -> Self {
+        ModelShape {
+            n_layers: 62,
+            d_model: 5120,
+            n_heads: 40,
+            n_kv_heads: 8,
+            head_dim: 128,
+            ffn_dim: 20480,
+            vocab: 131_072,
+            tied_embeddings: false,
+            hybrid: Some(HybridShape { mamba_layers: 28, attention_layers: 6, mlp_layers: 28, heads: 128, head_dim: 80, state: 128, groups: 8, conv_kernel: 4, chunk: 128 }),
         }
     }
 
@@ -351,6 +373,53 @@ mod tests {
         assert_eq!(s.body_params(), 704);
         assert_eq!(forward_flops(&s, 0, 3, 1), 5904.0);
         assert_eq!(forward_flops(&s, 3, 1, 1), 1904.0);
+    }
+
+    /// Nemotron-Nano-12B-v2: I = 128·80 = 10,240, C = 10,240 + 2·8·128 = 12,288.
+    /// Mamba block: in_proj 5120·(10,240 + 12,288 + 128) = 115,998,720, out_proj 10,240·5120 =
+    /// 52,428,800 → 168,427,520, ×28 = 4,715,970,560. Attention: q, o 5120² = 26,214,400 each,
+    /// k, v 5120·1024 = 5,242,880 each → 62,914,560, ×6 = 377,487,360. MLP 2·5120·20,480 =
+    /// 209,715,200, ×28 = 5,872,025,600. Body 10,965,483,520; lm_head 131,072·5120 = 671,088,640;
+    /// N = 11,636,572,160; stored (untied) 12,307,660,800, "12B" (with the norms, convs and
+    /// Mamba vectors 12,310,001,152).
+    ///
+    /// Prefill of 1024 tokens, logits at 1: 2·body·1024 = 22,457,310,248,960; 2·lm_head =
+    /// 1,342,177,280; attention 4·6·40·128 = 122,880 per key × 1024·1025/2 = 524,800 keys =
+    /// 64,487,424,000; scan per Mamba block (H·P·N = 1,310,720): 8 chunks of 128, each
+    /// 2·128²·(8·128 + 10,240) + 4·1,310,720·128 = 369,098,752 + 671,088,640 = 1,040,187,392 →
+    /// 8,321,499,136; between chunks 2·1,310,720·9² = 212,336,640; conv 2·4·12,288·1024 =
+    /// 100,663,296 → 8,634,499,072, ×28 = 241,765,974,016. Total 22,764,905,824,256.
+    /// One cached token at position 1024: 2N = 23,273,144,320 + 122,880·1025 = 125,952,000 +
+    /// 28·(4·1,310,720 + 2·4·12,288) = 149,553,152 → 23,548,649,472.
+    #[test]
+    fn nemotron_nano_12b_v2_flops_by_hand() {
+        let s = ModelShape::nemotron_nano_12b_v2();
+        assert_eq!(s.hybrid.unwrap().mamba_params(5120), 168_427_520);
+        assert_eq!(s.body_params(), 10_965_483_520);
+        assert_eq!(s.flop_params(), 11_636_572_160);
+        assert_eq!(s.stored_matmul_params(), 12_307_660_800);
+        assert_eq!(s.ssm_flops(0, 1024), 241_765_974_016.0);
+        assert_eq!(forward_flops(&s, 0, 1024, 1), 22_764_905_824_256.0);
+        assert_eq!(forward_flops(&s, 1024, 1, 1), 23_548_649_472.0);
+        // the pattern's blocks add up to its 62 layers
+        let h = s.hybrid.unwrap();
+        assert_eq!(h.mamba_layers + h.attention_layers + h.mlp_layers, s.n_layers);
+    }
+
+    #[test]
+    fn nemotron_nano_12b_v2_from_its_config_fields_matches_the_constructor() {
+        // The shape written as a NemotronH config.json in NVIDIA's key style (the block pattern
+        // string with num_hidden_layers), read by the same parser as a checkpoint's.
+        let raw = serde_json::json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "vocab_size": 131072,
+            "hidden_size": 5120, "intermediate_size": 20480, "num_hidden_layers": 62,
+            "hybrid_override_pattern": "M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-",
+            "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+            "mamba_num_heads": 128, "mamba_head_dim": 80, "ssm_state_size": 128, "n_groups": 8,
+            "conv_kernel": 4, "chunk_size": 128, "tie_word_embeddings": false
+        });
+        let cfg = Config::from_json(raw).unwrap();
+        assert_eq!(ModelShape::from_config(&cfg), ModelShape::nemotron_nano_12b_v2());
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub struct PlanArgs {
     /// Optimizer steps of the RLP run (default: train.steps).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Model shape without a model file: `qwen3-1.7b`.
+    /// Model shape without a model file: `qwen3-1.7b` or `nemotron-nano-12b-v2` (hybrid
+    /// Mamba-2/attention; its scan and conv FLOPs are counted).
     #[arg(long)]
     pub shape: Option<String>,
     #[arg(long)]
@@ -75,11 +76,19 @@ pub struct PlanArgs {
     pub emit_cpt: Option<PathBuf>,
 }
 
+/// The shapes `--shape` knows, by name.
+const NAMED_SHAPES: [(&str, fn() -> ModelShape); 2] = [("qwen3-1.7b", ModelShape::qwen3_1_7b), ("nemotron-nano-12b-v2", ModelShape::nemotron_nano_12b_v2)];
+
 fn shape_from_flags(a: &PlanArgs) -> Result<Option<ModelShape>> {
     let explicit = [a.layers, a.hidden, a.heads, a.ffn, a.vocab];
     match (&a.shape, explicit.iter().any(|x| x.is_some())) {
-        (Some(s), false) if s == "qwen3-1.7b" => Ok(Some(ModelShape::qwen3_1_7b())),
-        (Some(s), false) => bail!("unknown --shape `{s}`: known shapes are qwen3-1.7b; or give --layers --hidden --heads --ffn --vocab"),
+        (Some(s), false) => match NAMED_SHAPES.iter().find(|(name, _)| name == s) {
+            Some((_, shape)) => Ok(Some(shape())),
+            None => {
+                let known: Vec<&str> = NAMED_SHAPES.iter().map(|(n, _)| *n).collect();
+                bail!("unknown --shape `{s}`: known shapes are {}; or give --layers --hidden --heads --ffn --vocab", known.join(", "))
+            }
+        },
         (Some(_), true) => bail!("give either --shape or explicit --layers/--hidden/... flags, not both"),
         (None, false) => Ok(None),
         (None, true) => {
@@ -157,7 +166,7 @@ pub fn make_plan(a: &PlanArgs) -> Result<(Plan, TrainConfig)> {
             let (s, mean) = corpus_mean_prefix(&cfg)?;
             (s, p.unwrap_or(mean))
         }
-        (None, _, None) => bail!("without --config, give the model shape: --shape qwen3-1.7b or --layers/--hidden/--heads/--ffn/--vocab"),
+        (None, _, None) => bail!("without --config, give the model shape: --shape qwen3-1.7b (or nemotron-nano-12b-v2) or --layers/--hidden/--heads/--ffn/--vocab"),
     };
     let (b, g, budget) = (cfg.data.contexts_per_step as u64, cfg.rollout.g as u64, cfg.rollout.thought_budget as u64);
     // thought incl. </think>; prefix incl. <think>
@@ -179,8 +188,12 @@ pub fn make_plan(a: &PlanArgs) -> Result<(Plan, TrainConfig)> {
     Ok((plan, cfg))
 }
 
+/// A temporary path for the paper's setting, unique per call (plans may be made concurrently in
+/// one process, as the unit tests do).
 fn tempfile_path() -> Result<PathBuf> {
-    Ok(std::env::temp_dir().join(format!("rlp-plan-{}.toml", std::process::id())))
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(std::env::temp_dir().join(format!("rlp-plan-{}-{n}.toml", std::process::id())))
 }
 
 pub fn plan(a: &PlanArgs) -> Result<()> {
@@ -239,4 +252,49 @@ pub fn plan(a: &PlanArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        plan: PlanArgs,
+    }
+
+    fn plan_of(args: &[&str]) -> Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("plan").chain(args.iter().copied()))?;
+        Ok(make_plan(&cli.plan)?.0)
+    }
+
+    /// The paper's setting on Nemotron-Nano-12B-v2 (body 10,965,483,520, lm_head 671,088,640,
+    /// 6 attention layers of 40·128, 28 Mamba-2 blocks; see `flops::tests`). The EMA teacher's
+    /// forward over one 1661-token prefix (1660 + `<think>`), logits at 1:
+    /// 2·body·1661 = 36,427,336,253,440; 2·lm_head = 1,342,177,280; attention 122,880 per key ×
+    /// 1661·1662/2 = 1,380,291 keys = 169,610,158,080; scan per Mamba block: 13 chunks of 128
+    /// (the last padded) × 1,040,187,392 = 13,522,436,096, between chunks 2·1,310,720·14² =
+    /// 513,802,240, conv 2·4·12,288·1661 = 163,282,944 → 14,199,521,280, ×28 =
+    /// 397,586,595,840. Per context 36,995,875,184,640; ×512 contexts.
+    #[test]
+    fn nemotron_nano_12b_v2_shape_counts_the_scan_by_hand() {
+        let p = plan_of(&["--shape", "nemotron-nano-12b-v2"]).unwrap();
+        assert_eq!(p.shape, ModelShape::nemotron_nano_12b_v2());
+        assert_eq!(p.shape.flop_params(), 11_636_572_160);
+        assert_eq!((p.step.contexts, p.step.rollouts, p.step.prefix_len, p.step.thought_len), (512, 16, 1661, 2049));
+        let per_context = p.flops.teacher / 512.0;
+        assert!((per_context / 36_995_875_184_640.0 - 1.0).abs() < 1e-12, "{per_context:e}");
+        // without the Mamba-2 scans the same forward is 397,586,595,840 FLOPs cheaper
+        let dense_part = 36_427_336_253_440.0 + 1_342_177_280.0 + 169_610_158_080.0;
+        assert!((per_context - dense_part - 397_586_595_840.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn an_unknown_shape_names_the_known_ones() {
+        let e = plan_of(&["--shape", "nemotron-nano-9b"]).err().unwrap().to_string();
+        assert!(e.contains("qwen3-1.7b") && e.contains("nemotron-nano-12b-v2"), "{e}");
+        assert_eq!(plan_of(&["--shape", "qwen3-1.7b"]).unwrap().shape, ModelShape::qwen3_1_7b());
+    }
 }
