@@ -83,8 +83,9 @@ impl AdamW {
         for (i, var) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let (m, v) = (&self.m[i], &self.v[i]);
-            if [var.as_tensor(), g, m, v].into_iter().all(is_cpu_contiguous_f32) {
-                adamw_fused(var.as_tensor(), g, m, v, &k)?;
+            if [var.as_tensor(), m, v].into_iter().all(is_cpu_contiguous_f32) && g.device().is_cpu() {
+                // a gradient that arrives strided (a transposed product) is copied once
+                adamw_fused(var.as_tensor(), &g.to_dtype(DType::F32)?.contiguous()?, m, v, &k)?;
             } else {
                 let (m, v) = adamw_tensors(var, g, m, v, &self.cfg, self.step, lr)?;
                 self.m[i] = m;
@@ -428,6 +429,24 @@ mod tests {
             }
             assert_ne!(values(&fused), init, "the steps moved θ");
         }
+    }
+
+    /// A strided gradient (the transpose of a contiguous one) gives the reference's values too.
+    #[test]
+    fn strided_gradient_equals_tensor_reference() {
+        let init = mixed_values(6, 2);
+        let (fused, reference) = (Var::from_vec(init.clone(), (2, 3), &Device::Cpu).unwrap(), Var::from_vec(init, (2, 3), &Device::Cpu).unwrap());
+        let g = Tensor::from_vec(mixed_values(6, 3), (3, 2), &Device::Cpu).unwrap().t().unwrap(); // [2, 3], strided
+        assert!(!g.is_contiguous());
+        let mut opt = AdamW::new(vec![fused.clone()], AdamWConfig::default()).unwrap();
+        let mut grads = grads_for(&[(&fused, &[0.0; 6])]);
+        grads.insert(fused.as_tensor(), g.clone());
+        opt.step(&grads, 1e-2).unwrap();
+        let zeros = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        adamw_tensors(&reference, &g, &zeros, &zeros, &AdamWConfig::default(), 1, 1e-2).unwrap();
+        let flat = |v: &Var| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(flat(&fused) == flat(&reference));
+        assert_ne!(flat(&fused), mixed_values(6, 2));
     }
 
     /// Gradients [3] and [4] on two parameters: global norm √(9+16) = 5. Clipping to 1 scales
