@@ -6,6 +6,7 @@
 //! achieved GFLOP/s with an f32 matmul peak measured at start (MFU). Speed lives here, never in
 //! timed tests.
 
+pub mod ntp;
 use crate::flops::{self, ModelShape};
 use crate::model::{self, Model};
 use crate::data::sampler::Context;

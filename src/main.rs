@@ -17,8 +17,8 @@ enum Command {
     Score(cli::ScoreArgs),
     /// Continue a prompt, greedily or by seeded sampling.
     Generate(cli::GenerateArgs),
-    /// Time the forward pass, batched decoding, or every phase of one RLP step.
-    Bench(rlp::bench::BenchArgs),
+    /// Time the forward pass, batched decoding, every phase of one RLP step, or NTP training steps.
+    Bench(rlp::bench::ntp::BenchCommand),
     /// The paper's comparison in miniature: base vs compute-matched CPT vs RLP vs RPT, from scratch.
     Demo(rlp::demo::run::DemoArgs),
     /// Train with RLP (or a baseline objective) from a TOML config.
@@ -44,7 +44,7 @@ fn main() {
     let result: Result<()> = match args.command {
         Command::Score(a) => cli::score(&a),
         Command::Generate(a) => cli::generate(&a),
-        Command::Bench(a) => rlp::bench::run(&a),
+        Command::Bench(a) => a.run(),
         Command::Demo(a) => rlp::demo::run::demo(&rlp::demo::run::DemoArgs { rlp_bin: std::env::current_exe().ok(), ..a }),
         Command::Train(a) => cli::train(&a),
         Command::Plan(a) => rlp::plan::plan(&a),

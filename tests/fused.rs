@@ -187,3 +187,36 @@ fn weight_gradients_carry_no_graph() {
         }
     }
 }
+
+/// The attention softmax with scale and mask folded in equals scale, mask and softmax as
+/// separate ops (candle's autodiff), in value (exactly: the same f32 operations) and in gradient,
+/// with causal rows
+/// (the masked half of each row) and a fully masked padding row.
+#[test]
+fn masked_softmax_matches_the_composition() {
+    use rlp::model::fused::{masked_softmax, masked_softmax_reference};
+    use rlp::model::transformer::MASKED;
+    let (b, h, t, k) = (2, 3, 4, 4);
+    let x = Var::from_vec(randn(&[b, h, t, k], 8), (b, h, t, k), &Device::Cpu).unwrap();
+    let mut mask = vec![0f32; b * t * k];
+    for r in 0..b {
+        for i in 0..t {
+            for j in 0..k {
+                if j > i || (r == 1 && i == t - 1) {
+                    mask[(r * t + i) * k + j] = MASKED;
+                }
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, (b, 1, t, k), &Device::Cpu).unwrap();
+    let up = Tensor::from_vec(randn(&[b, h, t, k], 9), (b, h, t, k), &Device::Cpu).unwrap();
+    let scale = 1.0 / 8f64.sqrt();
+    let fused = masked_softmax(x.as_tensor(), &mask, scale).unwrap();
+    let reference = masked_softmax_reference(x.as_tensor(), &mask, scale).unwrap();
+    assert_eq!(fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), reference.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let f = |t: &Tensor| (masked_softmax(t, &mask, scale).unwrap() * &up).unwrap().sum_all().unwrap();
+    let r = |t: &Tensor| (masked_softmax_reference(t, &mask, scale).unwrap() * &up).unwrap().sum_all().unwrap();
+    let (gf, gr) = (loss_grad(&x, f), loss_grad(&x, r));
+    assert!(gf.iter().zip(&gr).all(|(a, b)| (a - b).abs() < 1e-6), "{gf:?} vs {gr:?}");
+    assert!(gf.iter().any(|&g| g != 0.0));
+}

@@ -8,7 +8,8 @@
 //!   gradient backward.
 //! - `tempered_entropy`: −Σ p log p of softmax(z / T) per row, no gradient.
 //! - `rms_norm`: x / sqrt(mean(x²) + eps) · w with gradients for x and w.
-//! - `softmax_last_dim`: the attention softmax with its backward.
+//! - `softmax_last_dim`: softmax over the last dim with its backward; `masked_softmax`: the
+//!   attention softmax with the score scale and the additive mask folded in.
 //! - `rope`: rotate-half RoPE with its backward (the inverse rotation).
 //! - `swiglu`: silu(gate) · up, the MLP's gating, with gradients for both inputs.
 //!
@@ -20,6 +21,7 @@
 
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
 
 /// Which tokens are excluded from each row's softmax: `banned` everywhere, plus `first_banned`
 /// in the rows flagged in `first_rows` (`</think>` at a thought's first token).
@@ -293,6 +295,59 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The attention probabilities softmax(scores · scale + mask) over the last dim, differentiable
+/// in the scores: scores [B, H, T, K] (any float dtype), mask [B, 1, T, K] f32 additive (0 or
+/// `MASKED`), broadcast over the heads; returns f32. On the CPU with f32 scores it is one pass
+/// forward and one backward with the scale and mask folded in, so neither the scaled nor the
+/// masked scores (nor their gradients, nor a gradient for the mask) are materialised, and the
+/// values are those of the composition; elsewhere the composition
+/// ([`masked_softmax_reference`]).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, h, t, k) = scores.dims4()?;
+    if scores.device().is_cpu() && scores.dtype() == DType::F32 && mask.dtype() == DType::F32 {
+        anyhow::ensure!(mask.dims() == [b, 1, t, k], "attention mask of shape {:?} for scores of shape {:?}", mask.dims(), scores.dims());
+        Ok(scores.contiguous()?.apply_op2(&mask.contiguous()?, MaskedSoftmax { scale: scale as f32, heads: h, t })?)
+    } else {
+        masked_softmax_reference(scores, mask, scale)
+    }
+}
+
+/// The composition `masked_softmax` replaces: scale in the scores' dtype, then mask and softmax
+/// in f32.
+pub fn masked_softmax_reference(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    softmax_last_dim(&(scores * scale)?.to_dtype(DType::F32)?.broadcast_add(mask)?)
+}
+
+/// Below this, exp(z) rounds to 0 in f32 (e^−104 is under half the smallest subnormal, 2^−150),
+/// so the kernels write the 0 instead of calling exp, whose underflow path (errno) is slow: the
+/// masked half of every causal attention row lands there.
+const EXP_UNDERFLOW: f32 = -104.0;
+
+/// Elements per task of the row-parallel kernels.
+const PAR_ELEMS: usize = 1 << 14;
+
+/// Runs `f(row index, row)` over the rows of `out` (each `d` long), in chunks over the rayon pool.
+fn par_rows(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows_per_task = (PAR_ELEMS / d.max(1)).max(1);
+    out.par_chunks_mut(rows_per_task * d).enumerate().for_each(|(c, chunk)| {
+        for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
+            f(c * rows_per_task + i, row);
+        }
+    });
+}
+
+/// Softmax of one row in place.
+fn softmax_in_place(row: &mut [f32]) {
+    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        let z = *x - mx;
+        *x = if z < EXP_UNDERFLOW { 0.0 } else { z.exp() };
+        sum += *x;
+    }
+    row.iter_mut().for_each(|x| *x /= sum);
+}
+
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -303,25 +358,54 @@ impl CustomOp1 for SoftmaxLastDim {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let d = l.shape().dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; x.len()];
-        for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (oi, &xi) in o.iter_mut().zip(row) {
-                *oi = (xi - mx).exp();
-                sum += *oi;
-            }
-            o.iter_mut().for_each(|oi| *oi /= sum);
-        }
+        let mut out = x.to_vec();
+        par_rows(&mut out, d, |_, row| softmax_in_place(row));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad { scale: None })?))
     }
 }
 
-struct SoftmaxGrad;
+/// softmax(x · scale + mask) for x [B, H, T, K] and mask [B, 1, T, K] (see `masked_softmax`).
+struct MaskedSoftmax {
+    scale: f32,
+    heads: usize,
+    t: usize,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "rlp-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ms: &CpuStorage, ml: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, mask) = (f32_slice(xs, xl)?, f32_slice(ms, ml)?);
+        let k = xl.shape().dims().last().copied().unwrap_or(1);
+        let (h, t) = (self.heads, self.t);
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, k, |r, row| {
+            let m = ((r / (h * t)) * t + r % t) * k; // row (b, h, i) reads mask row (b, i)
+            for ((o, &xi), &mi) in row.iter_mut().zip(&x[r * k..(r + 1) * k]).zip(&mask[m..m + k]) {
+                *o = xi * self.scale + mi;
+            }
+            softmax_in_place(row);
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _mask: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad { scale: Some(self.scale) })?;
+        Ok((Some(dx), None)) // the mask is a constant
+    }
+}
+
+/// dx = y·(g − Σ g·y) of a softmax over the last dim, times `scale` when the softmax's input was
+/// scaled (the same rounding as the composition's separate multiply).
+struct SoftmaxGrad {
+    scale: Option<f32>,
+}
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
@@ -332,12 +416,16 @@ impl CustomOp2 for SoftmaxGrad {
         let (y, g) = (f32_slice(ys, yl)?, f32_slice(gs, gl)?);
         let d = yl.shape().dims().last().copied().unwrap_or(1);
         let mut out = vec![0f32; y.len()];
-        for ((o, yr), gr) in out.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(g.chunks_exact(d)) {
+        par_rows(&mut out, d, |r, o| {
+            let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             for ((oi, &yi), &gi) in o.iter_mut().zip(yr).zip(gr) {
                 *oi = yi * (gi - dot);
             }
-        }
+            if let Some(s) = self.scale {
+                o.iter_mut().for_each(|oi| *oi *= s);
+            }
+        });
         Ok((CpuStorage::F32(out), yl.shape().clone()))
     }
 }

@@ -144,10 +144,9 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, cache: O
     let r = h / kv;
     // Group the R query heads of each KV head so K/V need no repeat: [B, KV, R*T, hd].
     let qg = q.reshape((b, kv, r * t, hd))?;
-    let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, R*T, K]
-    // mask and softmax in f32 whatever the compute dtype (no-ops for f32)
-    let scores = scores.reshape((b, h, t, kl))?.to_dtype(DType::F32)?.broadcast_add(mask)?;
-    let probs = fused::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
+    let scores = qg.matmul(&k.t()?)?.reshape((b, h, t, kl))?; // [B, KV, R*T, K] = [B, H, T, K]
+    // scale, mask and softmax in one op; mask and softmax in f32 whatever the compute dtype
+    let probs = fused::masked_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?.to_dtype(q.dtype())?;
     let ctx = probs.reshape((b, kv, r * t, kl))?.matmul(&v)?; // [B, KV, R*T, hd]
     Ok(ctx.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?)
 }

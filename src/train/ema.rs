@@ -3,13 +3,20 @@
 //! φ starts uninitialised, is copied from θ on the first batch (`init_from`), and after every
 //! optimizer step moves toward θ: `φ ← τ·φ + (1−τ)·θ`, τ = 0.999 by default (so φ keeps 99.9%
 //! of itself each step). φ is stored as detached f32 tensors with their own storage, one per
-//! parameter in the same order as the model's `Var`s.
+//! parameter in the same order as the model's `Var`s. On the CPU the update is one pass per
+//! parameter that writes φ in place, split over the rayon pool, with the same f32 operations as
+//! the tensor-op composition the other devices run (so the same bits).
 //!
 //! Not here: running the teacher forward (the caller builds a model from `params()`).
 
+use super::optim::{is_cpu_contiguous_f32, with_f32_mut, with_f32_slice};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::HashMap;
+
+/// Elements per task of the threaded update.
+const PAR_CHUNK: usize = 1 << 15;
 
 /// EMA copy φ of the policy parameters; `None` until [`init_from`](Self::init_from).
 #[derive(Default)]
@@ -50,7 +57,11 @@ impl EmaTeacher {
         check_matches(phi, params)?;
         for (f, p) in phi.iter_mut().zip(params) {
             let theta = p.as_detached_tensor().to_dtype(DType::F32)?;
-            *f = ((&*f * tau)? + (theta * (1.0 - tau))?)?;
+            if is_cpu_contiguous_f32(f) && is_cpu_contiguous_f32(&theta) {
+                ema_fused(f, &theta, tau)?;
+            } else {
+                *f = ema_tensors(f, &theta, tau)?;
+            }
         }
         Ok(())
     }
@@ -68,7 +79,9 @@ impl EmaTeacher {
         Ok(if theta_sq == 0.0 { 0.0 } else { (diff_sq / theta_sq).sqrt() as f32 })
     }
 
-    /// φ named `ema.{i}` for a checkpoint; empty before initialisation.
+    /// φ named `ema.{i}` for a checkpoint; empty before initialisation. On the CPU they share
+    /// storage with φ, which the next `update` overwrites in place: write them out (or `copy`
+    /// them) before updating again.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let phi = self.params.iter().flatten();
         phi.enumerate().map(|(i, t)| (format!("ema.{i}"), t.clone())).collect()
@@ -87,7 +100,8 @@ impl EmaTeacher {
             let t = tensors
                 .get(&name)
                 .with_context(|| format!("EMA state has no `{name}`: written for a different model?"))?;
-            phi.push(t.to_dtype(DType::F32)?.to_device(p.device())?);
+            // Own storage: `update` writes φ in place, and must not write into the caller's tensors.
+            phi.push(t.to_dtype(DType::F32)?.to_device(p.device())?.copy()?);
         }
         if tensors.keys().filter(|k| k.starts_with("ema.")).count() != params.len() {
             bail!(
@@ -99,6 +113,34 @@ impl EmaTeacher {
         self.params = Some(phi);
         Ok(())
     }
+}
+
+/// φ ← τ·φ + (1−τ)·θ for one CPU f32 parameter, in place and in chunks over the rayon pool.
+/// The f32 constants are rounded from f64 as candle rounds a scalar operand, so the result is
+/// that of [`ema_tensors`].
+fn ema_fused(phi: &Tensor, theta: &Tensor, tau: f64) -> Result<()> {
+    ensure!(phi.elem_count() == theta.elem_count(), "EMA: {} elements for a parameter of {}", phi.elem_count(), theta.elem_count());
+    let (keep, take) = (tau as f32, (1.0 - tau) as f32);
+    let apply = |f: &mut [f32], t: &[f32]| {
+        for (f, &t) in f.iter_mut().zip(t) {
+            *f = *f * keep + t * take;
+        }
+    };
+    with_f32_slice(theta, |t| {
+        with_f32_mut(phi, |f| {
+            if f.len() <= PAR_CHUNK {
+                apply(f, t);
+            } else {
+                f.par_chunks_mut(PAR_CHUNK).zip(t.par_chunks(PAR_CHUNK)).for_each(|(f, t)| apply(f, t));
+            }
+        })
+    })??;
+    Ok(())
+}
+
+/// φ ← τ·φ + (1−τ)·θ with tensor ops, on any device: the reference of [`ema_fused`].
+fn ema_tensors(phi: &Tensor, theta: &Tensor, tau: f64) -> Result<Tensor> {
+    Ok(((phi * tau)? + (theta * (1.0 - tau))?)?)
 }
 
 fn check_matches(phi: &[Tensor], params: &[Var]) -> Result<()> {
@@ -161,6 +203,27 @@ mod tests {
             assert!((x - 0.19).abs() < 1e-7, "{x}");
         }
         assert!((ema.drift(&[theta]).unwrap() - 0.81).abs() < 1e-6);
+    }
+
+    /// The fused CPU update gives exactly the values of the tensor-op reference over several
+    /// updates, for a parameter below one chunk and one split into several chunks.
+    #[test]
+    fn fused_update_equals_tensor_reference() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for n in [5, 2 * PAR_CHUNK + 3] {
+            let mut random = || (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect::<Vec<f32>>();
+            let theta = var(&random());
+            let mut ema = EmaTeacher::new();
+            ema.init_from(std::slice::from_ref(&theta)).unwrap();
+            let mut reference = ema.params().unwrap()[0].copy().unwrap();
+            for _ in 0..3 {
+                theta.set(&Tensor::new(random().as_slice(), &Device::Cpu).unwrap()).unwrap();
+                ema.update(std::slice::from_ref(&theta), 0.999).unwrap();
+                reference = ema_tensors(&reference, theta.as_tensor(), 0.999).unwrap();
+                assert!(phi0(&ema) == reference.to_vec1::<f32>().unwrap(), "n = {n}");
+            }
+        }
     }
 
     #[test]

@@ -11,10 +11,17 @@
 //! m̂ = m/(1−β1^t)               v̂ = v/(1−β2^t)
 //! θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ + eps)      (decoupled decay: wd never enters m or v)
 //! ```
+//!
+//! On the CPU with f32 parameters the update is one fused pass per parameter that reads g and
+//! writes θ, m and v in place, split over the rayon pool ([`adamw_fused`]); it computes the same
+//! f32 operations in the same order as the tensor-op composition that every other device and
+//! dtype runs ([`adamw_tensors`], the reference), so both give the same bits.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
+use rayon::prelude::*;
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// AdamW hyper-parameters other than the learning rate (which the schedule passes per step).
@@ -72,29 +79,26 @@ impl AdamW {
     /// on every step, as in our training).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
-        let t = self.step as i32;
-        let bias1 = 1.0 - beta1.powi(t);
-        let bias2 = 1.0 - beta2.powi(t);
+        let k = AdamCoefs::new(&self.cfg, self.step, lr);
         for (i, var) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = g.to_dtype(DType::F32)?;
-            let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let m_hat = (&m / bias1)?;
-            let v_hat = (&v / bias2)?;
-            let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-            let theta = var.as_detached_tensor().to_dtype(DType::F32)?;
-            let theta = ((theta * (1.0 - lr * weight_decay))? - (update * lr)?)?;
-            var.set(&theta.to_dtype(var.dtype())?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let (m, v) = (&self.m[i], &self.v[i]);
+            if [var.as_tensor(), m, v].into_iter().all(is_cpu_contiguous_f32) && g.device().is_cpu() {
+                // a gradient that arrives strided (a transposed product) is copied once
+                adamw_fused(var.as_tensor(), &g.to_dtype(DType::F32)?.contiguous()?, m, v, &k)?;
+            } else {
+                let (m, v) = adamw_tensors(var, g, m, v, &self.cfg, self.step, lr)?;
+                self.m[i] = m;
+                self.v[i] = v;
+            }
         }
         Ok(())
     }
 
     /// The moments, named `adam.m.{i}` / `adam.v.{i}` with i the parameter's index in `vars`.
-    /// Save them with [`step_count`](Self::step_count) to resume exactly.
+    /// Save them with [`step_count`](Self::step_count) to resume exactly. On the CPU they share
+    /// storage with the live state, which the next `step` overwrites in place: write them out
+    /// (or `copy` them) before stepping again.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let m = self.m.iter().enumerate().map(|(i, t)| (format!("adam.m.{i}"), t.clone()));
         let v = self.v.iter().enumerate().map(|(i, t)| (format!("adam.v.{i}"), t.clone()));
@@ -122,7 +126,9 @@ impl AdamW {
                         var.dims()
                     );
                 }
-                out.push(t.to_dtype(DType::F32)?.to_device(var.device())?);
+                // Own storage: `step` writes the moments in place, and must not write into the
+                // caller's tensors.
+                out.push(t.to_dtype(DType::F32)?.to_device(var.device())?.copy()?);
             }
         }
         let expected: Vec<String> = (0..n).flat_map(|i| [format!("adam.m.{i}"), format!("adam.v.{i}")]).collect();
@@ -132,6 +138,140 @@ impl AdamW {
         self.m = m;
         self.v = v;
         self.step = step;
+        Ok(())
+    }
+}
+
+/// The f32 constants of one AdamW step, each rounded from f64 as candle rounds a scalar operand
+/// (`affine(mul, add)` casts both to f32), so that the fused pass matches the tensor ops.
+#[derive(Debug, Clone, Copy)]
+struct AdamCoefs {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    /// 1/(1−β1^t) and 1/(1−β2^t): candle divides by a scalar as a multiply by its reciprocal.
+    inv_bias1: f32,
+    inv_bias2: f32,
+    eps: f32,
+    /// 1 − lr·wd.
+    decay: f32,
+    lr: f32,
+}
+
+impl AdamCoefs {
+    fn new(cfg: &AdamWConfig, step: u64, lr: f64) -> Self {
+        let t = step as i32;
+        AdamCoefs {
+            beta1: cfg.beta1 as f32,
+            one_minus_beta1: (1.0 - cfg.beta1) as f32,
+            beta2: cfg.beta2 as f32,
+            one_minus_beta2: (1.0 - cfg.beta2) as f32,
+            inv_bias1: (1.0 / (1.0 - cfg.beta1.powi(t))) as f32,
+            inv_bias2: (1.0 / (1.0 - cfg.beta2.powi(t))) as f32,
+            eps: cfg.eps as f32,
+            decay: (1.0 - lr * cfg.weight_decay) as f32,
+            lr: lr as f32,
+        }
+    }
+
+    /// The update of one run of elements: θ, m, v in place from g.
+    #[inline]
+    fn apply(&self, theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        for (((t, &g), m), v) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * self.beta1 + g * self.one_minus_beta1;
+            *v = *v * self.beta2 + g * g * self.one_minus_beta2;
+            let update = (*m * self.inv_bias1) / ((*v * self.inv_bias2).sqrt() + self.eps);
+            *t = *t * self.decay - update * self.lr;
+        }
+    }
+}
+
+/// Elements per task of the threaded passes: large enough that a task's work dwarfs rayon's
+/// scheduling, small enough to split a 576 × 1536 matrix over a few threads.
+const PAR_CHUNK: usize = 1 << 15;
+
+/// One AdamW step of one CPU f32 parameter: θ, m, v updated in place in one pass over the four
+/// buffers, in chunks over the rayon pool. All four must be contiguous (`is_cpu_contiguous_f32`).
+fn adamw_fused(theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &AdamCoefs) -> Result<()> {
+    let n = theta.elem_count();
+    ensure!(g.elem_count() == n && m.elem_count() == n && v.elem_count() == n, "adamw: gradient or moments of {} elements for a parameter of {n}", g.elem_count());
+    with_f32_slice(g, |g| {
+        with_f32_mut(theta, |theta| {
+            with_f32_mut(m, |m| {
+                with_f32_mut(v, |v| {
+                    if n <= PAR_CHUNK {
+                        k.apply(theta, g, m, v);
+                    } else {
+                        let chunks = theta.par_chunks_mut(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK));
+                        chunks.zip(m.par_chunks_mut(PAR_CHUNK)).zip(v.par_chunks_mut(PAR_CHUNK)).for_each(|(((t, g), m), v)| k.apply(t, g, m, v));
+                    }
+                })
+            })?
+        })?
+    })??;
+    Ok(())
+}
+
+/// One AdamW step of one parameter with candle tensor ops, on any device and dtype: the
+/// reference the fused pass is tested against. Writes θ and returns the new (m, v).
+fn adamw_tensors(var: &Var, g: &Tensor, m: &Tensor, v: &Tensor, cfg: &AdamWConfig, step: u64, lr: f64) -> Result<(Tensor, Tensor)> {
+    let AdamWConfig { beta1, beta2, eps, weight_decay } = *cfg;
+    let t = step as i32;
+    let (bias1, bias2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+    let g = g.to_dtype(DType::F32)?;
+    let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?;
+    let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+    let m_hat = (&m / bias1)?;
+    let v_hat = (&v / bias2)?;
+    let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+    let theta = var.as_detached_tensor().to_dtype(DType::F32)?;
+    let theta = ((theta * (1.0 - lr * weight_decay))? - (update * lr)?)?;
+    var.set(&theta.to_dtype(var.dtype())?)?;
+    Ok((m, v))
+}
+
+/// Whether `t` is an f32 CPU tensor whose elements lie contiguously in its storage: what the
+/// fused in-place passes of this module and of the EMA update take.
+pub(crate) fn is_cpu_contiguous_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.layout().is_contiguous()
+}
+
+/// Calls `f` with the elements of a contiguous f32 CPU tensor.
+pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        bail!("expected a contiguous f32 CPU tensor, got {:?} on {:?}", t.dtype(), t.device().location());
+    };
+    Ok(f(&data[start..end]))
+}
+
+/// Calls `f` with the elements of a contiguous f32 CPU tensor, writable in place (under the
+/// storage's write lock, as `Var::set` writes; every tensor sharing the storage sees the change).
+/// Nested calls must name tensors with distinct storages.
+pub(crate) fn with_f32_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    let op = WithMut { f: RefCell::new(Some(f)), out: RefCell::new(None) };
+    t.inplace_op1(&op)?;
+    op.out.into_inner().context("the in-place op did not run")
+}
+
+/// The in-place op behind [`with_f32_mut`]: runs its closure once on the storage's elements.
+struct WithMut<F, R> {
+    f: RefCell<Option<F>>,
+    out: RefCell<Option<R>>,
+}
+
+impl<F: FnOnce(&mut [f32]) -> R, R> InplaceOp1 for WithMut<F, R> {
+    fn name(&self) -> &'static str {
+        "with-f32-mut"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("with-f32-mut: expected a contiguous f32 tensor")
+        };
+        let f = self.f.borrow_mut().take().ok_or_else(|| candle_core::Error::Msg("with-f32-mut: ran twice".into()))?;
+        *self.out.borrow_mut() = Some(f(&mut data[start..end]));
         Ok(())
     }
 }
@@ -256,6 +396,57 @@ mod tests {
         opt.step(&grads_for(&[(&a, &[1.0])]), 0.1).unwrap();
         assert_eq!(values(&b), vec![5.0]);
         assert_ne!(values(&a), vec![1.0]);
+    }
+
+    /// Pseudo-random values of mixed sign and magnitude (1e-6 to 10), with exact zeros.
+    fn mixed_values(n: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|i| if i % 97 == 0 { 0.0 } else { rng.gen_range(-1.0f32..1.0) * 10f32.powi(rng.gen_range(-6..=1)) }).collect()
+    }
+
+    /// The fused CPU pass gives exactly the values of the tensor-op reference (the composition
+    /// every other device runs) over several steps, with weight decay and a changing lr, for a
+    /// parameter below one chunk and one split into several chunks over the pool.
+    #[test]
+    fn fused_step_equals_tensor_reference() {
+        let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        for n in [7, 3 * PAR_CHUNK + 5] {
+            let init = mixed_values(n, 1);
+            let (fused, reference) = (var(&init), var(&init));
+            let mut opt = AdamW::new(vec![fused.clone()], cfg).unwrap();
+            let zeros = Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+            let (mut m, mut v) = (zeros.clone(), zeros);
+            for step in 1..=4u64 {
+                let lr = 1e-3 / step as f64;
+                let g = mixed_values(n, 10 + step);
+                opt.step(&grads_for(&[(&fused, &g)]), lr).unwrap();
+                let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+                (m, v) = adamw_tensors(&reference, &g, &m, &v, &cfg, step, lr).unwrap();
+                assert!(values(&fused) == values(&reference), "θ differs at step {step}, n = {n}");
+                assert!(opt.m[0].to_vec1::<f32>().unwrap() == m.to_vec1::<f32>().unwrap(), "m differs at step {step}");
+                assert!(opt.v[0].to_vec1::<f32>().unwrap() == v.to_vec1::<f32>().unwrap(), "v differs at step {step}");
+            }
+            assert_ne!(values(&fused), init, "the steps moved θ");
+        }
+    }
+
+    /// A strided gradient (the transpose of a contiguous one) gives the reference's values too.
+    #[test]
+    fn strided_gradient_equals_tensor_reference() {
+        let init = mixed_values(6, 2);
+        let (fused, reference) = (Var::from_vec(init.clone(), (2, 3), &Device::Cpu).unwrap(), Var::from_vec(init, (2, 3), &Device::Cpu).unwrap());
+        let g = Tensor::from_vec(mixed_values(6, 3), (3, 2), &Device::Cpu).unwrap().t().unwrap(); // [2, 3], strided
+        assert!(!g.is_contiguous());
+        let mut opt = AdamW::new(vec![fused.clone()], AdamWConfig::default()).unwrap();
+        let mut grads = grads_for(&[(&fused, &[0.0; 6])]);
+        grads.insert(fused.as_tensor(), g.clone());
+        opt.step(&grads, 1e-2).unwrap();
+        let zeros = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        adamw_tensors(&reference, &g, &zeros, &zeros, &AdamWConfig::default(), 1, 1e-2).unwrap();
+        let flat = |v: &Var| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(flat(&fused) == flat(&reference));
+        assert_ne!(flat(&fused), mixed_values(6, 2));
     }
 
     /// Gradients [3] and [4] on two parameters: global norm √(9+16) = 5. Clipping to 1 scales
