@@ -195,7 +195,7 @@ fn weight_gradients_carry_no_graph() {
 #[test]
 fn masked_softmax_matches_the_composition() {
     use rlp::model::fused::{masked_softmax, masked_softmax_reference};
-    use rlp::model::transformer::MASKED;
+    use rlp::model::layout::MASKED;
     let (b, h, t, k) = (2, 3, 4, 4);
     let x = Var::from_vec(randn(&[b, h, t, k], 8), (b, h, t, k), &Device::Cpu).unwrap();
     let mut mask = vec![0f32; b * t * k];
