@@ -12,6 +12,7 @@ pub mod layout;
 pub mod nemotron_h;
 pub mod rope;
 pub mod ssd;
+pub mod ssd_fused;
 pub mod transformer;
 pub mod weights;
 

@@ -232,7 +232,7 @@ impl Mamba2 {
             }
             _ => {
                 let dt = dt.maximum(hy.time_step_min)?;
-                ssd::chunked_scan(&x, &dt, &a, &bm, &cm, prev.as_ref().map(|s| &s.1), hy.chunk_size, inp.segments.as_ref())?
+                ssd::scan(&x, &dt, &a, &bm, &cm, prev.as_ref().map(|s| &s.1), hy.chunk_size, inp.segments.as_ref())?
             }
         };
         if let Some(c) = cache.as_deref_mut() {

@@ -7,7 +7,9 @@
 //! and between chunks a (chunks+1)² decay matrix that carries the states forward. Every piece is
 //! a matmul or an elementwise op, so gradients reach x, dt, A, B, C and the initial state.
 //! `step` is the one-token recurrence used by cached decoding, and `sequential_scan` (steps in a
-//! loop) is the naive reference the chunked form is tested against.
+//! loop) is the naive reference the chunked form is tested against. `scan` is what the model
+//! calls: on the CPU the fused op of `ssd_fused.rs` (the same recurrence with a hand-written
+//! backward, tested against `chunked_scan`), elsewhere `chunked_scan`.
 //!
 //! Not here: the D skip, the gate and the projections (the mixer in `nemotron_h.rs`). The scan
 //! runs in f32 whatever the compute dtype (its exp/cumsum chains are too lossy in bf16), or in
@@ -77,6 +79,16 @@ fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn groups_to_heads(t: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, n_t, g, n) = t.dims4()?;
     Ok(t.unsqueeze(3)?.broadcast_as((b, n_t, g, heads / g, n))?.reshape((b, n_t, heads, n))?)
+}
+
+/// The scan the model runs: the fused op (`ssd_fused::fused_scan`, its own backward) on the CPU,
+/// `chunked_scan` on other devices. Same arguments and results as `chunked_scan`.
+pub fn scan(x: &Tensor, dt: &Tensor, a: &Tensor, bm: &Tensor, cm: &Tensor, init: Option<&Tensor>, chunk: usize, segments: Option<&Segments>) -> Result<(Tensor, Tensor)> {
+    if x.device().is_cpu() {
+        super::ssd_fused::fused_scan(x, dt, a, bm, cm, init, segments)
+    } else {
+        chunked_scan(x, dt, a, bm, cm, init, chunk, segments)
+    }
 }
 
 /// The scan over T tokens from `init` (zeros when None), chunk length `chunk`.
