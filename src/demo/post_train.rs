@@ -33,7 +33,7 @@ impl PostPlan {
         if quick {
             PostPlan { sft_pairs: 256, sft_heldout: 32, sft_steps: 6, sft_windows: 8, sft_lr: 3e-4, rlvr_items: 256, rlvr_steps: 4, rlvr_questions: 8, rlvr_g: 8, rlvr_lr: 1e-4 }
         } else {
-            PostPlan { sft_pairs: 2000, sft_heldout: 64, sft_steps: 40, sft_windows: 8, sft_lr: 3e-4, rlvr_items: 2000, rlvr_steps: 30, rlvr_questions: 16, rlvr_g: 8, rlvr_lr: 1e-4 }
+            PostPlan { sft_pairs: 2000, sft_heldout: 64, sft_steps: 60, sft_windows: 8, sft_lr: 3e-4, rlvr_items: 2000, rlvr_steps: 60, rlvr_questions: 16, rlvr_g: 8, rlvr_lr: 1e-4 }
         }
     }
 }
@@ -54,7 +54,7 @@ pub fn write_configs(dir: &Path, p: &PostPlan, seed: u64, base: &Path, sft: &Pat
     );
     let rlvr_text = format!(
         "[model]\npath = {base:?}\n[data]\npath = {rlvr:?}\ncontexts_per_step = {q}\n\
-         [rollout]\ng = {g}\nthought_budget = {budget}\ntemperature = 1.0\n\
+         [rollout]\ng = {g}\nthought_budget = {budget}\ntemperature = 0.7\n\
          [objective]\nname = \"rlvr\"\nrlvr_prompt = \"raw\"\nrlvr_answer_tokens = 2\n\
          [optim]\nlr = {lr}\nschedule = \"cosine\"\nwarmup_steps = 2\nmin_lr = {min}\n\
          [train]\nsteps = {steps}\nseed = {seed}\nthreads = 1\n[logging]\nprogress = true\n[checkpoint]\nkeep_last = 1\n",
