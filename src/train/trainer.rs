@@ -11,6 +11,11 @@
 //! NTP (the CPT baseline, [`Trainer::ntp_step`]): packed windows ─▶ next-token loss
 //! (objective/ntp.rs) ─▶ the same all-reduce, update, log and checkpoint.
 //!
+//! Post-training. SFT ([`Trainer::sft_step`]): packed examples (data/sft.rs) ─▶ response-token
+//! loss (objective/sft.rs) ─▶ as NTP. RLVR ([`Trainer::rlvr_steps`]): questions, G samples each,
+//! grades, advantages and `logp_old` (post.rs) ─▶ per minibatch the clipped surrogate + KL to
+//! the model as loaded (objective/rlvr.rs) ─▶ the same all-reduce, update, log and checkpoint.
+//!
 //! Under several ranks (`mpirun`/`srun`, `data_parallel.rs`) every rank draws the same global
 //! batch, works on its share of it, and sums gradients and statistics before the shared update;
 //! rank 0 alone writes files.
