@@ -114,7 +114,14 @@ pub struct RolloutSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveSection {
-    /// "rlp" (default), "ntp" (next-token prediction, the CPT baseline) or "rpt".
+    /// "rlp" (default), "ntp" (next-token prediction, the CPT baseline), "rpt", or the
+    /// post-training objectives "sft" (supervised fine-tuning on `{"prompt", "response"}` or
+    /// `{"messages"}` JSONL, loss on response tokens; `data.contexts_per_step` packed windows of
+    /// `data.max_context` tokens per step, the last `data.heldout_docs` examples held out) and
+    /// "rlvr" (RL with verifiable rewards on `{"question", "answer"}` JSONL, the format
+    /// `rlp eval --task jsonl:FILE` reads; `data.contexts_per_step` questions per step, `rollout.g`
+    /// samples each, thinking first for `rollout.thought_budget` tokens, 0 = answer at once;
+    /// `objective.kl_coef` is the KL to the model as loaded).
     pub name: ObjectiveName,
     /// Lower clip range: ratios below 1 − eps_low are clipped. Default 0.2.
     pub eps_low: f64,
@@ -141,8 +148,17 @@ pub struct ObjectiveSection {
     /// ntp: tokens per optimizer step (set it to match RLP's compute). Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ntp_tokens_per_step: Option<usize>,
-    /// ntp: packed documents do not attend to each other. Default true.
+    /// ntp and sft: packed documents (examples) do not attend to each other. Default true.
     pub ntp_no_cross_doc_attention: bool,
+    /// rlvr: most answer tokens after the thought; the answer also ends at EOS or at a newline
+    /// after visible text, as in `rlp eval`. Default 16.
+    pub rlvr_answer_tokens: usize,
+    /// rlvr: reward added to a well-formed sample (it closed its own thought and its answer has
+    /// something the grader can read), >= 0; 0 = off, as in the paper. Default 0.0.
+    pub rlvr_format_weight: f64,
+    /// rlvr: the prompt: "bench" (default, `rlp eval`'s `Question: …\nAnswer:`) or "raw" (the
+    /// question text as it is, e.g. the demo's tallies), then `<think>` when thinking.
+    pub rlvr_prompt: RlvrPrompt,
 }
 
 /// `[optim]`: AdamW and the learning-rate schedule.
@@ -268,6 +284,24 @@ pub enum ObjectiveName {
     Rlp,
     Ntp,
     Rpt,
+    Sft,
+    Rlvr,
+}
+
+impl ObjectiveName {
+    /// sft and rlvr: post-training objectives, which read their own JSONL instead of a corpus.
+    pub fn is_post_training(self) -> bool {
+        matches!(self, ObjectiveName::Sft | ObjectiveName::Rlvr)
+    }
+}
+
+/// How an RLVR question is put to the model (`objective::rlvr::PromptLayout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RlvrPrompt {
+    #[default]
+    Bench,
+    Raw,
 }
 
 /// How rewards within a group become advantages.
@@ -347,6 +381,9 @@ impl Default for ObjectiveSection {
             rpt_guess_tokens: 1,
             ntp_tokens_per_step: None,
             ntp_no_cross_doc_attention: true,
+            rlvr_answer_tokens: 16,
+            rlvr_format_weight: 0.0,
+            rlvr_prompt: RlvrPrompt::Bench,
         }
     }
 }
@@ -448,7 +485,9 @@ impl TrainConfig {
         out.require(!d.text_field.is_empty(), "data.text_field", "\"\"", "must name a JSON field");
         let group = "must be at least 2: advantages compare the thoughts of a group";
         out.require(r.g >= 2, "rollout.g", r.g, group);
-        out.require(r.thought_budget >= 1, "rollout.thought_budget", r.thought_budget, "must be at least 1");
+        // rlvr may answer without a thought (budget 0); the rollout objectives always think
+        let budget_ok = r.thought_budget >= 1 || o.name == ObjectiveName::Rlvr;
+        out.require(budget_ok, "rollout.thought_budget", r.thought_budget, "must be at least 1 (0, no thought, only for objective.name = \"rlvr\")");
         out.require(positive(r.temperature), "rollout.temperature", r.temperature, "must be > 0");
         let top_p_ok = r.top_p > 0.0 && r.top_p <= 1.0;
         out.require(top_p_ok, "rollout.top_p", r.top_p, "must be in (0, 1]");
@@ -471,6 +510,13 @@ impl TrainConfig {
             out.require(f > 0.0 && f <= 1.0, "objective.rpt_top_frac", f, "must be in (0, 1]");
         }
         out.require(o.rpt_guess_tokens >= 1, "objective.rpt_guess_tokens", o.rpt_guess_tokens, "must be at least 1");
+        out.require(o.rlvr_answer_tokens >= 1, "objective.rlvr_answer_tokens", o.rlvr_answer_tokens, "must be at least 1");
+        out.require(non_negative(o.rlvr_format_weight), "objective.rlvr_format_weight", o.rlvr_format_weight, "must be >= 0 (0 turns the format reward off)");
+        if o.name == ObjectiveName::Sft {
+            let rule = "must be 1 for objective.name = \"sft\": an SFT step is one update over its packed windows";
+            out.require(o.ppo_epochs == 1, "objective.ppo_epochs", o.ppo_epochs, rule);
+            out.require(o.minibatches == 1, "objective.minibatches", o.minibatches, rule);
+        }
         if let Some(n) = o.ntp_tokens_per_step {
             out.require(n >= 1, "objective.ntp_tokens_per_step", n, "must be at least 1 when set");
         }
@@ -507,6 +553,7 @@ impl TrainConfig {
     fn sequences_per_update(&self) -> usize {
         match self.objective.name {
             ObjectiveName::Ntp => self.ntp_windows_per_step(),
+            ObjectiveName::Sft => self.data.contexts_per_step,
             _ => self.data.contexts_per_step * self.rollout.g / self.objective.minibatches.max(1),
         }
     }
@@ -530,7 +577,7 @@ impl TrainConfig {
             self.rollout.g,
             self.rollout.thought_budget,
         );
-        let ntp = self.objective.name == ObjectiveName::Ntp;
+        let ntp = matches!(self.objective.name, ObjectiveName::Ntp | ObjectiveName::Sft); // packed windows
         BatchArithmetic {
             objective: self.objective.name,
             ntp_tokens_per_step: self.ntp_tokens_per_step(),
@@ -605,6 +652,21 @@ impl fmt::Display for BatchArithmetic {
                 ("packed windows per step", self.sequences_per_step.to_string()),
                 ("windows per micro-batch", self.sequences_per_micro_batch.to_string()),
                 ("accumulation steps", self.accumulation_steps.to_string()),
+            ],
+            ObjectiveName::Sft => vec![
+                ("packed windows per step", self.sequences_per_step.to_string()),
+                ("tokens per packed window", self.window_tokens.to_string()),
+                ("windows per micro-batch", self.sequences_per_micro_batch.to_string()),
+                ("accumulation steps", self.accumulation_steps.to_string()),
+            ],
+            ObjectiveName::Rlvr => vec![
+                ("questions per step (Q)", self.contexts_per_step.to_string()),
+                ("samples per question (G)", self.g.to_string()),
+                ("samples per step (Q·G)", self.sequences_per_step.to_string()),
+                ("optimizer updates per step", self.updates_per_step.to_string()),
+                ("samples per micro-batch", self.sequences_per_micro_batch.to_string()),
+                ("accumulation steps", self.accumulation_steps.to_string()),
+                ("thought budget", format!("{} tokens", self.thought_budget)),
             ],
             ObjectiveName::Rlp | ObjectiveName::Rpt => vec![
                 ("contexts per step (B)", self.contexts_per_step.to_string()),

@@ -14,6 +14,7 @@ pub mod flops;
 pub mod model;
 pub mod objective;
 pub mod plan;
+pub mod post_train;
 pub mod report;
 pub mod rollout;
 pub mod sampling;

@@ -23,6 +23,8 @@ enum Command {
     Demo(rlp::demo::run::DemoArgs),
     /// Train with RLP (or a baseline objective) from a TOML config.
     Train(cli::TrainArgs),
+    /// Post-train models identically: SFT, then RLVR from the SFT result (one run directory each).
+    PostTrain(rlp::post_train::PostTrainArgs),
     /// Projected FLOPs of an RLP run and the compute-matched CPT token budget.
     Plan(rlp::plan::PlanArgs),
     /// Train a small byte-level BPE tokenizer on a corpus (for tiny test and demo models).
@@ -47,6 +49,7 @@ fn main() {
         Command::Bench(a) => a.run(),
         Command::Demo(a) => rlp::demo::run::demo(&rlp::demo::run::DemoArgs { rlp_bin: std::env::current_exe().ok(), ..a }),
         Command::Train(a) => cli::train(&a),
+        Command::PostTrain(a) => rlp::post_train::post_train(&a),
         Command::Plan(a) => rlp::plan::plan(&a),
         Command::TrainTokenizer(a) => cli::train_tokenizer(&a),
         Command::InitModel(a) => rlp::demo::cli::init_model(&a),

@@ -625,3 +625,48 @@ fn killed_rank_ends_the_job(launcher: Launcher) {
         }
     );
 }
+
+/// `rlp train --config configs/NAME` arguments (the post-training configs).
+fn post_train_args(name: &str, run: &Path, sets: &[&str]) -> Vec<String> {
+    let mut a = train_args(run, sets);
+    a[2] = format!("{}/configs/{name}", env!("CARGO_MANIFEST_DIR"));
+    a
+}
+
+/// SFT and RLVR on 2 ranks: the windows / questions of each step split between the ranks, the
+/// losses divided by the global response-token / sample counts, the same weights as one
+/// process (the RLVR samples of a question come from its own RNG, whichever rank draws them).
+#[test]
+fn sft_and_rlvr_on_two_ranks_train_the_weights_one_process_trains() {
+    let cases: [(&str, &[&str], &[&str]); 2] = [
+        ("post-sft.toml", &["data.contexts_per_step=4", "train.steps=3", "optim.eps=1e-3", "optim.lr=1e-3"], &["loss", "grad_norm", "response_tokens_step"]),
+        (
+            "post-rlvr.toml",
+            &["data.contexts_per_step=4", "rollout.g=4", "train.steps=3", "objective.kl_coef=0.05", "optim.eps=1e-3", "optim.lr=1e-3"],
+            &["loss", "grad_norm", "reward_mean", "reward_std", "accuracy", "response_len_mean", "frac_solved_groups", "clip_frac_low", "kl"],
+        ),
+    ];
+    for (name, sets, keys) in cases {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let out = Command::new(rlp()).args(post_train_args(name, one.path(), sets)).output().unwrap();
+        check(&format!("{name} in one process"), out);
+        let out = mpirun(2, &post_train_args(name, two.path(), sets)).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        check(&format!("{name} on 2 ranks"), out);
+        assert!(stdout.contains("data parallel: 2 ranks"), "{name}: not run as 2 ranks:\n{stdout}");
+        let (m1, m2) = (metrics(one.path()), metrics(two.path()));
+        assert_eq!((m1.len(), m2.len()), (3, 3), "{name}: rank 0 alone writes one line per step");
+        for (x, y) in m1.iter().zip(&m2) {
+            for k in ["input_tokens_total", "generated_tokens_total", "trained_tokens_total"] {
+                assert_eq!(x[k], y[k], "{name}: {k}");
+            }
+            for &k in keys {
+                let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{name} step {}: {k} = {p} in one process, {q} on two ranks", x["step"]);
+            }
+        }
+        let (rel, tensor) = worst_relative_difference(&weights(one.path(), 3), &weights(two.path(), 3));
+        eprintln!("{name}: worst relative weight difference {rel:.2e} ({tensor})");
+        assert!(rel <= 1e-5, "{name}: weights differ by {rel:e} relative in {tensor}");
+    }
+}

@@ -530,3 +530,140 @@ fn sft_steps_lower_the_response_loss_of_held_out_pairs() {
     let after = heldout_loss(&model.detached().unwrap());
     assert!(after < 0.5 * before, "held-out response NLL {before:.3} -> {after:.3}");
 }
+
+// ---------------------------------------------------------------- sft and rlvr through the trainer
+
+fn post_config(name: &str, sets: &[&str]) -> rlp::config::TrainConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+    let all: Vec<String> = ["logging.progress=false", "train.threads=1"].iter().chain(sets).map(|s| s.to_string()).collect();
+    rlp::config::TrainConfig::load(&path, &all).unwrap()
+}
+
+fn run_metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Metrics without the wall-clock fields.
+fn timeless(m: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    m.iter()
+        .map(|v| {
+            let mut v = v.clone();
+            for k in ["step_s", "sample_s", "score_s", "train_s", "optimizer_s", "tokens_per_s_sample", "tokens_per_s_train"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn checkpoint_weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
+    let m = weights::load(&run.join(format!("checkpoints/step-{step:06}"))).unwrap().model;
+    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+}
+
+/// Step 1's logged loss is the mean NLL of the response tokens of the windows it packed, as
+/// the library computes it from the initial model, and not the mean over all tokens.
+#[test]
+fn sft_trainer_loss_is_the_response_nll_of_its_windows() {
+    use rlp::train::trainer::Trainer;
+    let cfg = post_config("post-sft.toml", &["train.steps=1", "optim.warmup_steps=0", "data.contexts_per_step=4"]);
+    let (model, tok) = weights::load_for_thinking(&cfg.model.path, cfg.model.add_think_tokens, "test").unwrap();
+    let recs = load_sft(&cfg.data.path).unwrap();
+    let train = &recs[..recs.len() - cfg.data.heldout_docs];
+    let docs = tokenize_sft(&tok, train, None, Some(cfg.data.max_context)).unwrap();
+    let mut packer = SftPacker::new(docs.tokens.len(), cfg.train.seed, tok.eos_ids[0]).unwrap();
+    let windows: Vec<_> = (0..4).map(|_| packer.next_window(&docs, cfg.data.max_context).unwrap()).collect();
+    let (ids, targets, mask, layout) = sft_batch(&windows, true, &Device::Cpu).unwrap();
+    let logits = model.logits(&model.forward_hidden(&ids, &layout, None).unwrap()).unwrap();
+    let want = sft_loss(&logits, &targets, &mask).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let all_tokens = sft_loss(&logits, &targets, &mask.ones_like().unwrap()).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
+    let m = &run_metrics(dir.path())[0];
+    let got = m["loss"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "trainer loss {got}, response NLL {want}");
+    assert!((all_tokens - want).abs() > 1e-2, "the prompt tokens would change the loss ({all_tokens} vs {want}): the test could not tell");
+    let trained = rlp::objective::sft::trained_count(&mask).unwrap() as u64;
+    assert_eq!(m["response_tokens_step"].as_u64().unwrap(), trained);
+    assert!(trained < 4 * 128, "some targets are prompt tokens");
+}
+
+fn assert_resume_exact(config: &str, sets: &[&str]) {
+    use rlp::train::trainer::Trainer;
+    // a constant rate: a run of 2 steps and one of 4 share their schedule only then
+    let with = |extra: &[&str]| post_config(config, &[sets, &["checkpoint.every=2", "checkpoint.keep_last=3", "optim.schedule=constant", "optim.warmup_steps=0"], extra].concat());
+    let straight = tempfile::tempdir().unwrap();
+    Trainer::new(with(&["train.steps=4"]), straight.path(), false).unwrap().run().unwrap();
+    let split = tempfile::tempdir().unwrap();
+    Trainer::new(with(&["train.steps=2"]), split.path(), false).unwrap().run().unwrap();
+    Trainer::new(with(&["train.steps=4"]), split.path(), true).unwrap().run().unwrap();
+    assert_eq!(timeless(&run_metrics(straight.path())), timeless(&run_metrics(split.path())), "{config}");
+    let (a, b) = (checkpoint_weights(straight.path(), 4), checkpoint_weights(split.path(), 4));
+    assert_eq!(a, b, "{config}: resumed weights differ");
+    let (first, _) = (checkpoint_weights(straight.path(), 2), ());
+    assert_ne!(first, a, "{config}: steps 3 and 4 changed nothing, the comparison proves little");
+}
+
+#[test]
+fn sft_resumes_exactly() {
+    assert_resume_exact("post-sft.toml", &["data.contexts_per_step=4"]);
+}
+
+#[test]
+fn rlvr_resumes_exactly() {
+    // with a KL term: the reference must be the model as loaded, not the checkpoint resumed from
+    assert_resume_exact("post-rlvr.toml", &["data.contexts_per_step=4", "rollout.g=4", "objective.kl_coef=0.05", "objective.minibatches=2"]);
+}
+
+/// The trainer's SFT lowers the response NLL of held-out pairs (the config's last 32).
+#[test]
+fn sft_trainer_lowers_held_out_response_loss() {
+    use rlp::train::trainer::Trainer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(post_config("post-sft.toml", &[]), dir.path(), false).unwrap();
+    let before = t.sft_heldout_nll().unwrap().unwrap();
+    t.run().unwrap();
+    let m = run_metrics(dir.path());
+    let after = m.last().unwrap()["heldout_response_nll"].as_f64().unwrap();
+    eprintln!("held-out response NLL {before:.4} -> {after:.4}");
+    assert!(after < 0.8 * before, "held-out response NLL {before:.4} -> {after:.4}");
+}
+
+/// Greedy think-then-answer accuracy on `items` (the demo's evaluation rule: 2 answer tokens).
+fn greedy_accuracy(model: &Model, tok: &Tok, items: &[Item]) -> f64 {
+    let spec = GenSpec { think_budget: 16, answer_tokens: 2, sampling: None, answer_sampling: None };
+    let prompts: Vec<Vec<u32>> = items.iter().map(|it| rlvr::prompt(tok, it, PromptLayout::Raw, true).unwrap()).collect();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let gens = rlp::eval::generate::think_then_answer(model, tok, &prompts, &spec, &mut rng).unwrap();
+    let right = gens.iter().zip(items).filter(|(g, it)| rlvr::grade_sample(it, &tok.decode(&g.answer).unwrap(), g.closed, true, &RewardSpec::default()).correct).count();
+    right as f64 / items.len() as f64
+}
+
+/// RLVR on the demo's shipped base and the tally items raises greedy exact-match accuracy on
+/// other tallies (a separate seed's stream, none of the training items).
+#[test]
+fn rlvr_raises_exact_match_accuracy_on_held_out_tallies() {
+    use rlp::train::trainer::Trainer;
+    let train = rlp::eval::items::load_items(&post_config("post-rlvr.toml", &[]).data.path).unwrap();
+    let seen: std::collections::HashSet<&str> = train.iter().map(|t| t.question.as_str()).collect();
+    let heldout: Vec<Item> = rlp::demo::post::rlvr_items(1, 300, &Default::default())
+        .into_iter()
+        .filter(|q| !seen.contains(q.question.as_str()))
+        .enumerate()
+        .map(|(i, q)| Item { id: format!("h{i}"), question: q.question, answer: q.answer, choices: vec![] })
+        .collect();
+    assert!(heldout.len() >= 250, "only {} held-out tallies are not training items", heldout.len());
+    let cfg = post_config("post-rlvr.toml", &[]);
+    let (base, tok) = weights::load_for_thinking(&cfg.model.path, false, "test").unwrap();
+    let before = greedy_accuracy(&base, &tok, &heldout);
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
+    let (after_model, _) = weights::load_for_thinking(&&rlp::train::checkpoint::list(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
+    let after = greedy_accuracy(&after_model.detached().unwrap(), &tok, &heldout);
+    let m = run_metrics(dir.path());
+    let acc = |r: &[serde_json::Value]| r.iter().map(|v| v["accuracy"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    eprintln!("greedy held-out accuracy {before:.3} -> {after:.3}; sampled training accuracy {:.3} (first 5 steps) -> {:.3} (last 5)", acc(&m[..5]), acc(&m[m.len() - 5..]));
+    assert!(before > 0.1 && before < 0.9, "the base should get some items right and some wrong: {before}");
+    let se = (before * (1.0 - before) / heldout.len() as f64).sqrt();
+    assert!(after > before + 2.0 * se, "greedy held-out accuracy {before:.3} -> {after:.3} (se {se:.3})");
+}

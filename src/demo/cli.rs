@@ -111,6 +111,13 @@ pub struct DemoDataArgs {
     /// Vocabulary size of the BPE tokenizer trained on the pretraining split.
     #[arg(long, default_value_t = 512)]
     pub vocab_size: usize,
+    /// Also write this many SFT pairs with worked tallies to sft.jsonl (`demo::post`), none a
+    /// tally of the first --heldout-docs held-out documents.
+    #[arg(long, default_value_t = 0)]
+    pub sft_pairs: usize,
+    /// Also write this many RLVR question/answer items to rlvr.jsonl, as --sft-pairs.
+    #[arg(long, default_value_t = 0)]
+    pub rlvr_items: usize,
 }
 
 pub fn demo_data(a: &DemoDataArgs) -> Result<()> {
@@ -131,5 +138,10 @@ pub fn demo_data(a: &DemoDataArgs) -> Result<()> {
     }
     println!("{:<40} {:>7} answer items", data.answers.display(), super::synth::answer_task(a.seed, a.heldout_docs).len());
     println!("{:<40} {:>7} tokens", tok_path.display(), tok.vocab_size());
+    if a.sft_pairs > 0 || a.rlvr_items > 0 {
+        let (sft, rlvr) = super::post::write_post_data(&a.out, a.seed, a.heldout_docs, a.sft_pairs, a.rlvr_items)?;
+        println!("{:<40} {:>7} SFT pairs", sft.display(), a.sft_pairs);
+        println!("{:<40} {:>7} RLVR items", rlvr.display(), a.rlvr_items);
+    }
     Ok(())
 }

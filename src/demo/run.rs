@@ -48,6 +48,10 @@ pub struct DemoArgs {
     /// using the shipped one. The result is bitwise the shipped base.
     #[arg(long)]
     pub pretrain_base: bool,
+    /// Then post-train base, CPT, RLP and RPT identically (SFT, then RLVR) and evaluate them
+    /// again: the paper's Table 2 in miniature (`demo::post_train`; see the README for its time).
+    #[arg(long)]
+    pub post_train: bool,
     /// The rlp binary to run RLP and RPT side by side as child processes; none: one after the
     /// other in this process. The CLI passes itself.
     #[arg(skip)]
@@ -215,7 +219,7 @@ fn compare(a: &DemoArgs, plan: &Plan, seed: u64, base: &Path, dir: &Path, t0: &I
         }
         curves.insert(name.into(), Value::Array(points));
     }
-    let results = json!({
+    let mut results = json!({
         "seed": seed,
         "seconds": started.elapsed().as_secs_f64(),
         "gate": gate,
@@ -223,12 +227,36 @@ fn compare(a: &DemoArgs, plan: &Plan, seed: u64, base: &Path, dir: &Path, t0: &I
         "curves": curves,
         "plan": plan,
     });
+    if a.post_train {
+        let finals = [("base", base.to_path_buf()), ("cpt", last_checkpoint(&cpt_run)?), ("rlp", last_checkpoint(&rlp_run)?), ("rpt", last_checkpoint(&rpt_run)?)];
+        results["post_train"] = post_train_stage(a, plan.heldout_docs, seed, base, dir, &finals, &items, &heldout, t0)?;
+    }
     model::weights::write_json(&dir.join("results.json"), &results)?;
     plots(dir, &rlp_run, &results)?;
     let md = report_markdown(&results, a.quick);
     std::fs::write(dir.join("report.md"), &md)?;
     println!("{md}");
     Ok(results)
+}
+
+/// `--post-train`: the same SFT then RLVR for each of `finals` (name, model), then the same
+/// evaluation; returns `results.json`'s `post_train` section.
+#[allow(clippy::too_many_arguments)]
+fn post_train_stage(a: &DemoArgs, heldout_docs: usize, seed: u64, base: &Path, dir: &Path, finals: &[(&str, PathBuf)], items: &[AnswerItem], heldout: &Path, t0: &Instant) -> Result<Value> {
+    use super::post_train as pt;
+    let started = Instant::now();
+    let p = pt::PostPlan::new(a.quick);
+    let (sft, rlvr) = super::post::write_post_data(&dir.join("data"), seed, heldout_docs, p.sft_pairs, p.rlvr_items)?;
+    let (sft_cfg, rlvr_cfg) = pt::write_configs(dir, &p, seed, base, &sft, &rlvr, THOUGHT_BUDGET)?;
+    stage(t0, &format!("post-training base, cpt, rlp, rpt identically: SFT {} steps, then RLVR {} steps (logs in {}/post/NAME.log)", p.sft_steps, p.rlvr_steps, dir.display()));
+    let models: Vec<(String, PathBuf)> = finals.iter().map(|(n, m)| (n.to_string(), m.clone())).collect();
+    let done = pt::post_train_all(a.rlp_bin.as_deref(), &models, &sft_cfg, &rlvr_cfg, &dir.join("post"))?;
+    let mut evals = serde_json::Map::new();
+    for ((name, _), ck) in models.iter().zip(&done) {
+        stage(t0, &format!("evaluating {name} after post-training"));
+        evals.insert(name.clone(), evaluate(ck, items, heldout, seed)?.to_json(0.0));
+    }
+    Ok(pt::results(&p, started.elapsed().as_secs_f64(), evals))
 }
 
 /// The gate: a thought must help the base by more than two combined standard errors, and the
@@ -364,7 +392,7 @@ fn rl_config(plan: &Plan, seed: u64, base: &Path, train: &Path, objective: &str)
     )
 }
 
-fn last_checkpoint(run: &Path) -> Result<PathBuf> {
+pub(super) fn last_checkpoint(run: &Path) -> Result<PathBuf> {
     crate::train::checkpoint::list(run)?.pop().map(|(_, p)| p).with_context(|| format!("{} has no checkpoint", run.display()))
 }
 
@@ -405,7 +433,7 @@ fn load(path: &Path) -> Result<(Model, Tok)> {
 }
 
 /// Accuracy with and without a thought on `items`, and held-out loss (nats per token) on `heldout`.
-fn evaluate(path: &Path, items: &[AnswerItem], heldout: &Path, seed: u64) -> Result<Evaluation> {
+pub(super) fn evaluate(path: &Path, items: &[AnswerItem], heldout: &Path, seed: u64) -> Result<Evaluation> {
     let (m, tok) = load(path)?;
     let mut e = answer_accuracy(&m, &tok, items, seed)?;
     let corpus = crate::data::corpus::Corpus::open(heldout, "text")?;
@@ -513,6 +541,9 @@ fn report_markdown(r: &Value, quick: bool) -> String {
         ));
     }
     md.push_str(&format!("\nn = {} held-out tallies per model. Plots: `rlp-reward.png`, `accuracy.png`.\n", r["models"]["base"]["n"]));
+    if r.get("post_train").is_some() {
+        md.push_str(&super::post_train::table_markdown(r));
+    }
     md
 }
 

@@ -40,6 +40,6 @@ pub fn rollout_rewards(objective: ObjectiveName, x: &RewardInputs) -> Result<Vec
     Ok(match objective {
         ObjectiveName::Rlp => rlp::batch_rewards(x.thoughts, x.s_ema),
         ObjectiveName::Rpt => rpt::batch_rewards(x.tok, x.docs, x.contexts, x.thoughts, x.guess_tokens),
-        ObjectiveName::Ntp => bail!("objective.name = \"ntp\" has no rollouts to reward"),
+        other @ (ObjectiveName::Ntp | ObjectiveName::Sft | ObjectiveName::Rlvr) => bail!("objective.name = {other:?} has no thought rollouts to reward"),
     })
 }

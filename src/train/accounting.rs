@@ -8,6 +8,7 @@
 use crate::data::sampler::Context;
 use crate::dist::{Dist, ReduceOp};
 use crate::flops::{self, ModelShape};
+use crate::eval::generate::Generation;
 use crate::rollout::{RolloutParams, Thought};
 use anyhow::Result;
 
@@ -97,5 +98,32 @@ pub fn count_policy_training(acc: &mut Totals, shape: &ModelShape, p: &RolloutPa
                 .collect();
             acc.flops_train += flops::policy_train_flops(shape, prefixes[row[0]].len() as u64, &branches, shared);
         }
+    }
+}
+
+/// Sampling one RLVR batch and its pre-update log-probs: per question a prompt (its tokens
+/// counted once as input), G prefills and decodes of it, and per sample one forward over prompt
+/// and generated tokens (`logp_old`). `prompts[i]` is owned question i's, `gens` G per question.
+pub fn count_rlvr_samples(acc: &mut Totals, shape: &ModelShape, prompts: &[&[u32]], gens: &[Generation], g: usize, thinking: bool) {
+    for (p, group) in prompts.iter().zip(gens.chunks(g)) {
+        let prompt = p.len() as u64;
+        acc.input_tokens += prompt;
+        for s in group {
+            let generated = crate::train::post::rlvr_generated(s, thinking) as u64;
+            acc.generated_tokens += generated;
+            acc.flops_sample += flops::prefill_flops(shape, prompt) + flops::decode_flops(shape, prompt, generated);
+            let fed = (prompt + generated).saturating_sub(1);
+            acc.flops_score += flops::forward_flops(shape, 0, fed, fed);
+        }
+    }
+}
+
+/// The RLVR policy forward and backward over rows of `lens` fed tokens (prompt and generated,
+/// the last left off), logits at every position; with `with_ref` also the reference's forward.
+pub fn count_rlvr_training(acc: &mut Totals, shape: &ModelShape, lens: &[u64], with_ref: bool) {
+    for &t in lens {
+        let forward = flops::forward_flops(shape, 0, t, t);
+        acc.flops_train += 3.0 * forward + if with_ref { forward } else { 0.0 };
+        acc.trained_tokens += t;
     }
 }

@@ -12,6 +12,7 @@ use super::accounting::Totals;
 use crate::data::packer::PackerState;
 use crate::data::sampler::{Context as TrainContext, SamplerState};
 use crate::model::{self, Model};
+use crate::objective::rlvr::QuestionOrderState;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use candle_core::{DType, Device, Tensor};
@@ -41,6 +42,12 @@ pub struct TrainerState {
     pub fixed_pool: Vec<TrainContext>,
     #[serde(default)]
     pub fixed_cursor: usize,
+    /// sft: where the packer over the SFT examples stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft_packer: Option<PackerState>,
+    /// rlvr: where the seeded walk over the questions stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rlvr_order: Option<QuestionOrderState>,
 }
 
 pub fn checkpoints_dir(run: &Path) -> PathBuf {

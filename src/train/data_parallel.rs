@@ -8,8 +8,10 @@
 //! global thought count, so the sum of the ranks' gradients is the single-process gradient;
 //! every rank then applies the same clip, AdamW and EMA update to identical weights.
 //!
-//! NTP the same way: every rank packs the same global windows and trains windows rank,
-//! rank + W, …, with the loss divided by the global target count.
+//! NTP and SFT the same way: every rank packs the same global windows and trains windows rank,
+//! rank + W, …, with the loss divided by the global target (response-token) count. RLVR as
+//! the rollout objectives: every rank walks the same question order and owns questions rank,
+//! rank + W, …, each sampled from its own RNG (`objective::rlvr::sample_groups_seeded`).
 
 //!
 //! Step metrics combine by field ([`reduce_step_metrics`]), so that rank 0 logs what a single
@@ -17,6 +19,7 @@
 
 use super::grads::PolicyGradient;
 use super::log::StepMetrics;
+use crate::objective::rlvr::RlvrMetrics;
 use crate::config::{ObjectiveName, TrainConfig};
 use crate::data::sampler::shard;
 use crate::device::DeviceSpec;
@@ -189,9 +192,51 @@ pub fn reduce_step_metrics(dist: &Dist, m: &mut StepMetrics, share: Share) -> Re
         r.s_ema_mean = s_ema / nc;
         r.frac_zero_std_groups = zero_std / nc;
     }
+    if let Some(x) = &mut m.rlvr {
+        reduce_rlvr_metrics(dist, x)?;
+    }
     Ok(())
 }
 
+
+/// The RLVR group of a step's metrics over all ranks, from this rank's samples and groups:
+/// counts summed, per-sample means weighted by samples, per-group means (the reward std
+/// included, TRL's mean of group stds) by groups, the longest response the longest of any
+/// rank. The clip, ratio and KL fields came from the reduced gradient statistics, already global.
+pub fn reduce_rlvr_metrics(dist: &Dist, x: &mut RlvrMetrics) -> Result<()> {
+    let (ns, ng) = (x.samples as f64, x.groups as f64);
+    let mut sums = [
+        ns,
+        ng,
+        ns * x.reward_mean,
+        ns * x.accuracy,
+        ns * x.no_answer_frac,
+        ns * x.format_frac,
+        ns * x.response_len_mean,
+        ns * x.thought_len_mean,
+        ns * x.answer_len_mean,
+        ns * x.truncated_frac,
+        ns * x.thought_truncated_frac,
+        ns * x.answer_truncated_frac,
+        ng * x.reward_std,
+        ng * x.frac_solved_groups,
+        ng * x.frac_unsolved_groups,
+        ng * x.frac_zero_std_groups,
+    ];
+    dist.all_reduce_f64("rlvr metrics", &mut sums, ReduceOp::Sum)?;
+    let mut longest = [x.response_len_max as f64];
+    dist.all_reduce_f64("longest rlvr response", &mut longest, ReduceOp::Max)?;
+    let [ns, ng, reward, acc, no_answer, format, len, thought, answer, trunc, thought_trunc, answer_trunc, std, solved, unsolved, zero_std] = sums;
+    let (s, g) = (ns.max(1.0), ng.max(1.0));
+    x.samples = ns.round() as usize;
+    x.groups = ng.round() as usize;
+    (x.reward_mean, x.accuracy, x.no_answer_frac, x.format_frac) = (reward / s, acc / s, no_answer / s, format / s);
+    (x.response_len_mean, x.thought_len_mean, x.answer_len_mean) = (len / s, thought / s, answer / s);
+    (x.truncated_frac, x.thought_truncated_frac, x.answer_truncated_frac) = (trunc / s, thought_trunc / s, answer_trunc / s);
+    (x.reward_std, x.frac_solved_groups, x.frac_unsolved_groups, x.frac_zero_std_groups) = (std / g, solved / g, unsolved / g, zero_std / g);
+    x.response_len_max = longest[0] as usize;
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;

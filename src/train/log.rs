@@ -6,6 +6,7 @@ use super::accounting::Totals;
 use super::rollouts::RolloutBatch;
 use crate::data::sampler::Context;
 use crate::objective::rlp::frac_zero_std_groups;
+use crate::objective::rlvr::RlvrMetrics;
 use crate::rollout::{RolloutParams, Thought};
 use crate::tokenizer::Tok;
 use anyhow::{Context as _, Result};
@@ -43,7 +44,23 @@ pub struct StepMetrics {
     #[serde(flatten)]
     pub policy: Option<PolicyMetrics>,
     #[serde(flatten)]
+    pub sft: Option<SftMetrics>,
+    #[serde(flatten)]
+    pub rlvr: Option<RlvrMetrics>,
+    #[serde(flatten)]
     pub eval: Option<EvalMetrics>,
+}
+
+/// Of an SFT step (already global: counted over the whole step's windows).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SftMetrics {
+    /// Response tokens trained this step (the loss's denominator).
+    pub response_tokens_step: u64,
+    /// Of the step's target positions, the fraction that are response tokens.
+    pub response_frac: f64,
+    /// `logging.eval_every`: mean NLL (nats) of the held-out examples' response tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heldout_response_nll: Option<f64>,
 }
 
 /// Of a rollout batch (RLP, RPT); means over this rank's thoughts or contexts until reduced.
@@ -126,6 +143,8 @@ impl StepMetrics {
             flops_total: totals.flops_total(),
             rollout: None,
             policy: None,
+            sft: None,
+            rlvr: None,
             eval: None,
         }
     }

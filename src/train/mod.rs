@@ -3,7 +3,8 @@
 //! `contexts` draws contexts, `rollouts` samples and scores them, `grads` turns a batch into
 //! the policy gradient, `data_parallel` sums it over ranks, `optim` / `ema` / `schedule` update,
 //! `accounting` counts tokens and FLOPs, `log` writes metrics and samples, `checkpoint` saves
-//! and restores. The objectives' rewards and losses live in `crate::objective`.
+//! and restores; `post` holds what the post-training objectives (sft, rlvr) load and the pieces
+//! of an RLVR batch. The objectives' rewards and losses live in `crate::objective`.
 
 pub mod accounting;
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod grads;
 pub mod log;
 pub mod optim;
 pub mod policy;
+pub mod post;
 pub mod progress;
 pub mod rollouts;
 pub mod schedule;

@@ -19,6 +19,16 @@ pub fn progress_line(objective: ObjectiveName, step: u64, total: u64, m: &Value,
     let timing = format!("{:.2}s | eta {}", f("step_s"), duration(eta_s));
     let body = match objective {
         ObjectiveName::Ntp => format!("loss {:.4} | {lr} | {:.0} tok/s", f("loss"), f("tokens_per_s_train")),
+        ObjectiveName::Sft => format!("loss {:.4} | {:.0} response tok | {lr} | {:.0} tok/s", f("loss"), f("response_tokens_step"), f("tokens_per_s_train")),
+        ObjectiveName::Rlvr => format!(
+            "reward {:.3} | acc {:.3} | solved {:.2} unsolved {:.2} | len {:.1} tok | loss {:+.4} | {lr}",
+            f("reward_mean"),
+            f("accuracy"),
+            f("frac_solved_groups"),
+            f("frac_unsolved_groups"),
+            f("response_len_mean"),
+            f("loss"),
+        ),
         ObjectiveName::Rlp | ObjectiveName::Rpt => format!(
             "reward {:+.4} | s_pred {:.3} | thought {:.1} tok | loss {:+.4} | {lr} | sample {:.0} tok/s | train {:.0} tok/s",
             f("reward_mean"),

@@ -11,6 +11,11 @@
 //! NTP (the CPT baseline, [`Trainer::ntp_step`]): packed windows ─▶ next-token loss
 //! (objective/ntp.rs) ─▶ the same all-reduce, update, log and checkpoint.
 //!
+//! Post-training. SFT ([`Trainer::sft_step`]): packed examples (data/sft.rs) ─▶ response-token
+//! loss (objective/sft.rs) ─▶ as NTP. RLVR ([`Trainer::rlvr_steps`]): questions, G samples each,
+//! grades, advantages and `logp_old` (post.rs) ─▶ per minibatch the clipped surrogate + KL to
+//! the model as loaded (objective/rlvr.rs) ─▶ the same all-reduce, update, log and checkpoint.
+//!
 //! Under several ranks (`mpirun`/`srun`, `data_parallel.rs`) every rank draws the same global
 //! batch, works on its share of it, and sums gradients and statistics before the shared update;
 //! rank 0 alone writes files.
@@ -21,7 +26,8 @@ use super::contexts::ContextDraw;
 use super::data_parallel::{self as dp, Share};
 use super::ema::EmaTeacher;
 use super::grads::{self, GradAccumulator, PolicyGradient, PolicySettings};
-use super::log::{self, EvalMetrics, PolicyMetrics, RolloutMetrics, StepMetrics, Timing, UpdateReport};
+use super::log::{self, EvalMetrics, PolicyMetrics, RolloutMetrics, SftMetrics, StepMetrics, Timing, UpdateReport};
+use super::post::{self, PostData, RlvrBatch};
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
 use super::rollouts::{sample_and_score, RolloutBatch};
 use super::schedule::{LrSchedule, ScheduleKind};
@@ -32,7 +38,8 @@ use crate::dist::Dist;
 use crate::flops::{self, ModelShape};
 use crate::model::{self, Model};
 use crate::objective::rlp::{group_advantages, group_reward_std, LossSettings};
-use crate::objective::{self, ntp, RewardInputs};
+use crate::objective::{self, ntp, rlvr, sft, RewardInputs};
+use crate::data::sft::sft_batch;
 use crate::rollout::{context_rng, RolloutParams};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tok;
@@ -58,6 +65,8 @@ pub struct Trainer {
     pub(crate) contexts: ContextDraw,
     pub(crate) packer: Packer,
     pub(crate) rollout: RolloutParams,
+    /// sft and rlvr: their examples or items, packer or question order, reference model.
+    pub(crate) post: Option<PostData>,
     pub(crate) shape: ModelShape,
     /// This process's rank and world.
     pub dist: Rc<Dist>,
@@ -99,13 +108,25 @@ impl Trainer {
             bail!("run directory {} already holds a run: pass --resume to continue it, or choose another --out", run.display());
         }
         let (policy, tok) = model::weights::load_for_thinking(&cfg.model.path, cfg.model.add_think_tokens, "rlp train")?;
-        let corpus = Corpus::open(&cfg.data.path, &cfg.data.text_field)?;
-        let data = TokenizedCorpus::build(&corpus, |t| tok.encode(t), cfg.data.min_prefix + 1, cfg.data.heldout_docs)?;
+        // sft and rlvr read examples or items; the others a corpus
+        let (post, data) = if cfg.objective.name.is_post_training() {
+            let (post, data) = post::load_post_data(&cfg, &tok, policy.cfg.vocab_size)?;
+            (Some(post), data)
+        } else {
+            let corpus = Corpus::open(&cfg.data.path, &cfg.data.text_field)?;
+            (None, TokenizedCorpus::build(&corpus, |t| tok.encode(t), cfg.data.min_prefix + 1, cfg.data.heldout_docs)?)
+        };
         let contexts = ContextDraw::new(&cfg, &data)?;
         let eos = tok.eos_ids.first().copied().context("the tokenizer has no end-of-text token (<|endoftext|>, </s>, ...): ntp packing needs one")?;
         let packer = Packer::new(data.train.len(), cfg.train.seed, eos)?;
         let shape = ModelShape::from_config(&policy.cfg);
         let (policy, vars) = policy.to_device(&device)?.into_vars()?;
+        let mut post = post;
+        if let Some(PostData::Rlvr(d)) = &mut post {
+            if cfg.objective.kl_coef > 0.0 {
+                d.reference = Some(post::frozen_copy(&policy.cfg, &vars, compute_dtype)?); // the model as loaded
+            }
+        }
         let o = &cfg.optim;
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay })?;
         let schedule = LrSchedule {
@@ -138,6 +159,7 @@ impl Trainer {
             contexts,
             packer,
             rollout,
+            post,
             shape,
             dist,
             device,
@@ -189,6 +211,8 @@ impl Trainer {
         while self.step < self.cfg.train.steps as u64 {
             match self.cfg.objective.name {
                 ObjectiveName::Ntp => self.ntp_step()?,
+                ObjectiveName::Sft => self.sft_step()?,
+                ObjectiveName::Rlvr => self.rlvr_steps()?,
                 ObjectiveName::Rlp | ObjectiveName::Rpt => self.rollout_steps()?,
             }
             // SIGINT/SIGTERM end the run here; the checkpoint below is written
@@ -349,6 +373,92 @@ impl Trainer {
         self.maybe_checkpoint(1)
     }
 
+    /// One SFT optimizer step over `data.contexts_per_step` packed windows of examples. As
+    /// `ntp_step`: every rank packs the same global windows and trains windows rank, rank + W, …;
+    /// the loss is divided by the global count of response tokens and summed over ranks.
+    pub(crate) fn sft_step(&mut self) -> Result<()> {
+        let len = self.cfg.data.max_context;
+        let n_windows = self.cfg.data.contexts_per_step;
+        let Some(PostData::Sft(d)) = &mut self.post else { bail!("the SFT step needs objective.name = \"sft\" data") };
+        let all = (0..n_windows).map(|_| d.packer.next_window(&d.docs, len)).collect::<Result<Vec<_>>>()?;
+        let total_trained: usize = all.iter().map(|w| w.loss[1..].iter().filter(|&&l| l > 0).count()).sum(); // global
+        let windows = if self.dist.world() > 1 { dp::local_items(all, &self.dist) } else { all };
+        let micro = self.cfg.train.micro_batch.unwrap_or(n_windows).clamp(1, n_windows);
+        let no_cross = self.cfg.objective.ntp_no_cross_doc_attention;
+        let t0 = Instant::now();
+        let params = self.var_tensors();
+        let mut acc = GradAccumulator::default();
+        let mut loss = 0f64;
+        let policy = self.train_model()?;
+        for chunk in windows.chunks(micro) {
+            let (ids, targets, mask, layout) = sft_batch(chunk, no_cross, policy.embed.device())?; // [W, T] each
+            let loss_of = |hidden: &Tensor| sft::sft_loss_of_step(&policy.logits(hidden)?, &targets, &mask, total_trained);
+            let (l, grads) = if self.cfg.train.grad_checkpoint {
+                policy.checkpointed_backward(&ids, &layout, &params, loss_of)?
+            } else {
+                let l = loss_of(&policy.forward_hidden(&ids, &layout, None)?)?;
+                let grads = l.backward()?;
+                (l, grads)
+            };
+            loss += l.to_scalar::<f32>()? as f64;
+            acc.add(grads, &params)?;
+        }
+        let mut grads = acc.finish()?;
+        dp::all_reduce_loss_and_grads(&self.dist, &mut grads, &mut loss, &self.var_list())?;
+        let train_s = t0.elapsed().as_secs_f64();
+        let tokens = n_windows * len; // global: every rank counts the whole step
+        self.totals.input_tokens += tokens as u64;
+        self.totals.trained_tokens += tokens as u64;
+        self.totals.flops_train += flops::train_flops(&self.shape, len as u64, tokens as u64);
+        let bad = || json!({"windows": windows.iter().map(|w| &w.tokens).collect::<Vec<_>>()});
+        let (upd, optim_s) = self.apply_update(grads, loss, bad)?;
+        self.step += 1;
+        let timing = Timing { sample_s: 0.0, score_s: 0.0, train_s, optim_s, train_tokens: tokens };
+        let mut metrics = StepMetrics::new(self.step, &upd, loss, &timing, 0, &self.totals);
+        let every = self.cfg.logging.eval_every as u64;
+        let heldout_response_nll = if every > 0 && self.step % every == 0 && self.dist.is_root() { self.sft_heldout_nll()? } else { None };
+        metrics.sft = Some(SftMetrics { response_tokens_step: total_trained as u64, response_frac: total_trained as f64 / tokens as f64, heldout_response_nll });
+        dp::reduce_step_metrics(&self.dist, &mut metrics, Share { thoughts: 0, contexts: 0 })?;
+        self.log_step(metrics)?;
+        self.maybe_checkpoint(1)
+    }
+
+    /// One RLVR batch (Q questions × G samples) and its `ppo_epochs × minibatches` optimizer
+    /// steps. Every rank walks the same question order and samples its own questions; losses
+    /// are divided by the global sample count of the minibatch and summed over ranks.
+    fn rlvr_steps(&mut self) -> Result<()> {
+        let batch: RlvrBatch = self.rlvr_batch()?; // sample, grade, advantages, logp_old (post.rs)
+        let (g, mb) = (self.rollout.g, self.cfg.objective.minibatches);
+        let share = Share { thoughts: batch.gens.len(), contexts: batch.items.len() };
+        'epochs: for epoch in 0..self.cfg.objective.ppo_epochs {
+            for m in 0..mb {
+                if self.step >= self.cfg.train.steps as u64 {
+                    break 'epochs;
+                }
+                let (idx, total) = self.rlvr_minibatch(&batch, m); // this rank's samples, the global count
+                let t0 = Instant::now();
+                let mut pg = self.rlvr_gradient(&batch, m, &idx, total)?;
+                dp::all_reduce_policy_gradient(&self.dist, &mut pg, &self.var_list())?;
+                let train_s = t0.elapsed().as_secs_f64();
+                self.count_rlvr_training(&batch, &idx)?;
+                let bad = || json!({"items": batch.items, "answers": batch.gens.iter().map(|s| &s.answer).collect::<Vec<_>>()});
+                let (upd, optim_s) = self.apply_update(pg.grads, pg.loss, bad)?;
+                self.step += 1;
+                let first = epoch == 0 && m == 0; // sampling is charged to the batch's first step
+                let (sample_s, score_s) = if first { (batch.sample_s, batch.score_s) } else { (0.0, 0.0) };
+                let generated = if first { batch.gens.iter().map(|s| post::rlvr_generated(s, self.rollout.budget > 0) as u64).sum() } else { 0 };
+                let timing = Timing { sample_s, score_s, train_s, optim_s, train_tokens: pg.forward_tokens };
+                let mut metrics = StepMetrics::new(self.step, &upd, pg.loss, &timing, generated, &self.totals);
+                let spec = self.rlvr_spec()?;
+                let kl = (self.cfg.objective.kl_coef > 0.0).then_some(pg.kl);
+                metrics.rlvr = Some(rlvr::rlvr_metrics(&batch.gens, &batch.graded, g, &spec, &pg.stats, kl)?);
+                dp::reduce_step_metrics(&self.dist, &mut metrics, share)?;
+                self.log_step(metrics)?;
+            }
+        }
+        self.maybe_checkpoint((self.cfg.objective.ppo_epochs * mb) as u64)
+    }
+
     /// Non-finite guard, grad-norm clipping, AdamW and (for rollout objectives) the EMA update;
     /// returns what to log and the seconds it took. `bad_batch` is written to the run directory
     /// when the run stops on repeated faults. Under several ranks `grads` and `loss` must already
@@ -448,7 +558,7 @@ impl Trainer {
     /// of the held-out documents (at most 8 documents, 8 positions, K = 2 thoughts).
     fn periodic_eval(&self) -> Result<Option<EvalMetrics>> {
         let every = self.cfg.logging.eval_every as u64;
-        if every == 0 || self.step % every != 0 || self.data.heldout.is_empty() {
+        if every == 0 || self.step % every != 0 || self.data.heldout.is_empty() || self.post.is_some() {
             return Ok(None);
         }
         let model = self.inference_model()?;
@@ -527,6 +637,14 @@ impl Trainer {
             vocab_size: self.policy.cfg.vocab_size,
             fixed_pool: self.contexts.fixed_pool.clone(),
             fixed_cursor: self.contexts.fixed_cursor,
+            sft_packer: match &self.post {
+                Some(PostData::Sft(d)) => Some(d.packer.state().clone()),
+                _ => None,
+            },
+            rlvr_order: match &self.post {
+                Some(PostData::Rlvr(d)) => Some(d.order.state().clone()),
+                _ => None,
+            },
         }
     }
 
@@ -558,6 +676,16 @@ impl Trainer {
         self.totals = state.totals;
         self.contexts.fixed_pool = state.fixed_pool;
         self.contexts.fixed_cursor = state.fixed_cursor;
+        match (&mut self.post, state.sft_packer, state.rlvr_order) {
+            (Some(PostData::Sft(d)), Some(p), _) => d.packer.restore(p).with_context(|| format!("{}: bad SFT packer state", dir.display()))?,
+            (Some(PostData::Rlvr(d)), _, Some(o)) => d.order.restore(o).with_context(|| format!("{}: bad RLVR question order", dir.display()))?,
+            (Some(_), _, _) => bail!(
+                "checkpoint {} holds no {:?} data position: another objective wrote it. Start a new run from its weights (model.path = that checkpoint) instead of --resume",
+                dir.display(),
+                self.cfg.objective.name
+            ),
+            (None, _, _) => {}
+        }
         self.step = state.step;
         // Lines logged after the checkpoint belong to steps that will run again.
         if self.dist.is_root() {
