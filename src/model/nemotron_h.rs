@@ -199,7 +199,8 @@ impl Mamba2 {
     /// The Mamba-2 mixer: [B, T, D] -> [B, T, D]. Padding tokens (`inp.real` = 0) are zeroed
     /// before `in_proj` and after the conv, so they add nothing to the conv window or the state
     /// (left padding is exact). With a cache: the conv and SSM state continue from it and are
-    /// stored back; one new token takes the single-step recurrence, more the chunked scan.
+    /// stored back; one new token takes the single-step recurrence, more `ssd::scan` (fused on the
+    /// CPU, the chunked scan elsewhere).
     fn forward(&self, cfg: &Config, xn: &Tensor, inp: &BlockInputs, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let hy = hybrid(cfg)?;
         let (b, t, _) = xn.dims3()?;

@@ -1,6 +1,7 @@
 //! The Mamba-2 scan as one fused CPU op with its own backward: the same results as
 //! `ssd::chunked_scan` (the composed reference, kept for other devices), computed by running the
-//! recurrence directly over contiguous slices, one (row, head) pair per rayon task.
+//! recurrence directly over contiguous slices, one (row, head) pair per rayon task, with f32
+//! kernels in AVX2/FMA where the CPU has them.
 //!
 //! Forward, per row b and head h (group g = h / R), token t, S [P, N]:
 //!   S_t = a_t·S_{t-1} + dt_t·x_t ⊗ B_t,   a_t = exp(dt_t·A_h) (0 where a new document starts),
