@@ -24,7 +24,7 @@ fn finite(v: &Value, key: &str) -> f64 {
 fn quick_demo_writes_every_stage_and_is_deterministic() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let args = |out: &Path, bin: Option<PathBuf>| DemoArgs { quick: true, out: out.to_path_buf(), seed: 0, seeds: 1, pretrain_base: false, rlp_bin: bin };
+    let args = |out: &Path, bin: Option<PathBuf>| DemoArgs { quick: true, out: out.to_path_buf(), seed: 0, seeds: 1, pretrain_base: false, post_train: false, rlp_bin: bin };
     demo(&args(a.path(), Some(PathBuf::from(env!("CARGO_BIN_EXE_rlp"))))).unwrap(); // RLP and RPT side by side
     demo(&args(b.path(), None)).unwrap(); // one after the other, in this process
     let out = a.path();
