@@ -1065,7 +1065,7 @@ mod tests {
     #[test]
     fn shipped_configs_load_and_validate() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for name in ["configs/tiny.toml", "configs/smollm2-cpu.toml"] {
+        for name in ["configs/tiny.toml", "configs/smollm2-cpu.toml", "configs/post-sft.toml", "configs/post-rlvr.toml"] {
             let c = TrainConfig::load(&root.join(name), &[])
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             c.validate().unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -1075,5 +1075,21 @@ mod tests {
                 c.data.path.display()
             );
         }
+    }
+
+    #[test]
+    fn post_training_keys_are_checked_naming_the_key() {
+        let e = validate_err(&["objective.name=\"rlvr\"", "objective.rlvr_answer_tokens=0", "objective.rlvr_format_weight=-1.0"]);
+        assert!(e.contains("objective.rlvr_answer_tokens = 0: must be at least 1"), "{e}");
+        assert!(e.contains("objective.rlvr_format_weight = -1: must be >= 0"), "{e}");
+        let e = validate_err(&["objective.name=\"sft\"", "objective.minibatches=2", "data.contexts_per_step=4"]);
+        assert!(e.contains("objective.minibatches = 2: must be 1 for objective.name = \"sft\""), "{e}");
+        // a thought budget of 0 (answer at once) is for rlvr only
+        assert!(validate_err(&["rollout.thought_budget=0"]).contains("rollout.thought_budget = 0"));
+        let c = load(MINIMAL, &["objective.name=\"rlvr\"", "rollout.thought_budget=0", "objective.rlvr_prompt=\"raw\""]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.objective.rlvr_prompt, RlvrPrompt::Raw);
+        let e = load_err(MINIMAL, &["objective.rlvr_prompt=\"chat\""]);
+        assert!(e.contains("rlvr_prompt"), "{e}");
     }
 }
