@@ -36,7 +36,7 @@ use crate::data::corpus::{Corpus, TokenizedCorpus};
 use crate::data::packer::{Packer, Window};
 use crate::dist::Dist;
 use crate::flops::{self, ModelShape};
-use crate::model::{self, Model};
+use crate::model::{self, AttnLayout, Model};
 use crate::objective::rlp::{group_advantages, group_reward_std, LossSettings};
 use crate::objective::{self, ntp, rlvr, sft, RewardInputs};
 use crate::data::sft::sft_batch;
@@ -339,24 +339,15 @@ impl Trainer {
         let micro = self.cfg.train.micro_batch.unwrap_or(n_windows).clamp(1, n_windows);
         let no_cross = self.cfg.objective.ntp_no_cross_doc_attention;
         let t0 = Instant::now();
-        let params = self.var_tensors();
-        let mut acc = GradAccumulator::default();
-        let mut loss = 0f64;
-        let policy = self.train_model()?; // f32 vars, or their differentiable bf16 cast
-        for chunk in windows.chunks(micro) {
-            let (ids, targets, layout) = ntp::window_batch(chunk, no_cross, policy.embed.device())?;
-            let loss_of = |hidden: &Tensor| ntp::window_loss(&policy, hidden, &targets, total_targets);
-            let (l, grads) = if self.cfg.train.grad_checkpoint {
-                policy.checkpointed_backward(&ids, &layout, &params, loss_of)?
-            } else {
-                let l = loss_of(&policy.forward_hidden(&ids, &layout, None)?)?;
-                let grads = l.backward()?;
-                (l, grads)
-            };
-            loss += l.to_scalar::<f32>()? as f64;
-            acc.add(grads, &params)?;
-        }
-        let mut grads = acc.finish()?;
+        let (mut grads, mut loss) = self.windows_gradient(
+            &windows,
+            micro,
+            |chunk, dev| {
+                let (ids, targets, layout) = ntp::window_batch(chunk, no_cross, dev)?;
+                Ok((ids, layout, targets))
+            },
+            |policy, hidden, targets| ntp::window_loss(policy, hidden, targets, total_targets),
+        )?;
         dp::all_reduce_loss_and_grads(&self.dist, &mut grads, &mut loss, &self.var_list())?;
         let train_s = t0.elapsed().as_secs_f64();
         let tokens = n_windows * len; // global: every rank counts the whole step
@@ -386,24 +377,15 @@ impl Trainer {
         let micro = self.cfg.train.micro_batch.unwrap_or(n_windows).clamp(1, n_windows);
         let no_cross = self.cfg.objective.ntp_no_cross_doc_attention;
         let t0 = Instant::now();
-        let params = self.var_tensors();
-        let mut acc = GradAccumulator::default();
-        let mut loss = 0f64;
-        let policy = self.train_model()?;
-        for chunk in windows.chunks(micro) {
-            let (ids, targets, mask, layout) = sft_batch(chunk, no_cross, policy.embed.device())?; // [W, T] each
-            let loss_of = |hidden: &Tensor| sft::sft_loss_of_step(&policy.logits(hidden)?, &targets, &mask, total_trained);
-            let (l, grads) = if self.cfg.train.grad_checkpoint {
-                policy.checkpointed_backward(&ids, &layout, &params, loss_of)?
-            } else {
-                let l = loss_of(&policy.forward_hidden(&ids, &layout, None)?)?;
-                let grads = l.backward()?;
-                (l, grads)
-            };
-            loss += l.to_scalar::<f32>()? as f64;
-            acc.add(grads, &params)?;
-        }
-        let mut grads = acc.finish()?;
+        let (mut grads, mut loss) = self.windows_gradient(
+            &windows,
+            micro,
+            |chunk, dev| {
+                let (ids, targets, mask, layout) = sft_batch(chunk, no_cross, dev)?; // [W, T] each
+                Ok((ids, layout, (targets, mask)))
+            },
+            |policy, hidden, (targets, mask)| sft::sft_loss_of_step(&policy.logits(hidden)?, targets, mask, total_trained),
+        )?;
         dp::all_reduce_loss_and_grads(&self.dist, &mut grads, &mut loss, &self.var_list())?;
         let train_s = t0.elapsed().as_secs_f64();
         let tokens = n_windows * len; // global: every rank counts the whole step
@@ -457,6 +439,36 @@ impl Trainer {
             }
         }
         self.maybe_checkpoint((self.cfg.objective.ppo_epochs * mb) as u64)
+    }
+
+    /// The summed gradient and loss of one step over packed `windows` (ntp, sft), in
+    /// micro-batches of `micro`: `batch` builds a micro-batch's ids [W, T], layout and targets,
+    /// `loss` its loss from the final hidden states, with or without gradient checkpointing.
+    fn windows_gradient<W, T>(
+        &self,
+        windows: &[W],
+        micro: usize,
+        batch: impl Fn(&[W], &Device) -> Result<(Tensor, AttnLayout, T)>,
+        loss: impl Fn(&Model, &Tensor, &T) -> Result<Tensor>,
+    ) -> Result<(GradStore, f64)> {
+        let params = self.var_tensors();
+        let mut acc = GradAccumulator::default();
+        let mut loss_sum = 0f64;
+        let policy = self.train_model()?; // f32 vars, or their differentiable bf16 cast
+        for chunk in windows.chunks(micro) {
+            let (ids, layout, targets) = batch(chunk, policy.embed.device())?;
+            let loss_of = |hidden: &Tensor| loss(&policy, hidden, &targets);
+            let (l, grads) = if self.cfg.train.grad_checkpoint {
+                policy.checkpointed_backward(&ids, &layout, &params, loss_of)?
+            } else {
+                let l = loss_of(&policy.forward_hidden(&ids, &layout, None)?)?;
+                let grads = l.backward()?;
+                (l, grads)
+            };
+            loss_sum += l.to_scalar::<f32>()? as f64;
+            acc.add(grads, &params)?;
+        }
+        Ok((acc.finish()?, loss_sum))
     }
 
     /// Non-finite guard, grad-norm clipping, AdamW and (for rollout objectives) the EMA update;
