@@ -153,6 +153,7 @@ fn sft_on_nemotron_h_trains_the_response_tokens() {
     assert!((all_tokens - want).abs() > 1e-3, "prompt tokens would not change the loss ({all_tokens} vs {want}): the comparison proves little");
     // it learns: from about ln V to well below
     let (first, last) = (num(&m[0], "loss"), num(&m[SFT_STEPS - 1], "loss"));
+    eprintln!("sft: loss {first:.3} -> {last:.3}, held-out response nll {:.3}", num(&m[SFT_STEPS - 1], "heldout_response_nll"));
     assert!(first > 5.0 && last < first - 2.0, "sft loss {first:.3} -> {last:.3}");
     let heldout = num(&m[SFT_STEPS - 1], "heldout_response_nll");
     assert!(heldout.is_finite() && heldout < first - 1.5, "held-out response NLL {heldout:.3} (step 1 loss {first:.3})");
@@ -172,6 +173,7 @@ fn rlvr_on_nemotron_h_from_its_sft_checkpoint() {
     let m = metrics(&run);
     assert_eq!(m.len(), 2);
     for v in &m {
+        eprintln!("rlvr: {v}");
         assert!(num(v, "loss").is_finite() && num(v, "grad_norm") > 0.0, "{v}");
         assert!((0.0..=1.0).contains(&num(v, "accuracy")) && (0.0..=1.0).contains(&num(v, "frac_zero_std_groups")), "{v}");
         assert!(num(v, "frac_zero_std_groups") < 1.0, "every group had equal rewards: no gradient is tested: {v}");
@@ -204,9 +206,9 @@ fn tally_corpus(dir: &Path) -> PathBuf {
     path
 }
 
-/// RPT (binary next-token rewards) on a NemotronH: rewards are 1 exactly when the guess is the
-/// true next token, the update's log-probs are the sampler's (ratio 1: the cached decode and the
-/// training forward agree), the loss is finite, and weights move.
+/// RPT (binary next-token rewards) on a NemotronH from the SFT checkpoint: rewards are 1 exactly
+/// when the guess is the true next token and differ between samples, one PPO epoch is on-policy
+/// (ratio 1), the loss is finite, and every parameter moves.
 #[test]
 fn rpt_on_nemotron_h_rewards_exact_guesses_and_trains() {
     let start = sft_model();
@@ -224,6 +226,7 @@ fn rpt_on_nemotron_h_rewards_exact_guesses_and_trains() {
         assert_eq!(r == 1.0, s["guess"] == s["x_t"], "{s}");
         hits += (r == 1.0) as usize;
     }
+    eprintln!("rpt: {hits} of {} guesses right", samples.len());
     assert!(hits > 0 && hits < samples.len(), "{hits} of {} guesses right: the rewards do not differ", samples.len());
     let m = metrics(&run);
     assert_eq!(m.len(), 2);
@@ -245,6 +248,7 @@ fn assert_same_grads(t: &Trainer, plain: &[Vec<f32>], other: &[Vec<f32>], what: 
     assert!(plain.iter().all(|g| norm(g) > 0.0), "{what}: a parameter's plain gradient is zero: nothing is compared for it");
     for ((name, _), (a, b)) in t.vars.iter().zip(plain.iter().zip(other)) {
         let r = rel(a, b);
+        eprintln!("{what}: {name} checkpointed gradient relative difference {r:e}");
         assert!(r <= 1e-5, "{what}: {name}: gradient differs by {r:e} relative");
     }
 }
@@ -294,17 +298,18 @@ fn assert_checkpointed_step_is_the_same(name: &str, model: &Path, sets: &[&str])
         let db: Vec<f32> = b.iter().zip(s).map(|(x, y)| x - y).collect();
         assert!(norm(&da) > 0.0, "{name}: {n} did not move");
         let r = rel(&da, &db);
+        eprintln!("{name}: {n} checkpointed update relative difference {r:e}");
         assert!(r <= 1e-5, "{name}: {n}: the checkpointed update differs by {r:e} relative");
     }
 }
 
 #[test]
 fn gradient_checkpointing_takes_the_same_ntp_and_sft_steps_on_nemotron_h() {
-    // the base model has no think tokens: the checkpoint dirs compare after the same growth,
-    // so start NTP from the SFT checkpoint (it has them) and SFT from it too
+    // from the SFT checkpoint: it carries the think tokens, so step 1's checkpoint and the start
+    // have the same tensors to subtract
     let start = sft_model();
     assert_checkpointed_step_is_the_same("tiny.toml", &start, &["objective.name=\"ntp\"", "data.max_context=64"]);
-    assert_checkpointed_step_is_the_same("post-sft.toml", &start, &["data.contexts_per_step=4", "data.max_context=64", "train.micro_batch=2"]);
+    assert_checkpointed_step_is_the_same("post-sft.toml", &start, &["data.contexts_per_step=4", "data.max_context=64", "train.micro_batch=2", "optim.warmup_steps=0"]);
 }
 
 /// RLVR's gradient (clipped surrogate + KL to the model as loaded) with checkpointing equals
@@ -333,16 +338,20 @@ fn log_softmax_rows(logits: &Tensor) -> Vec<Vec<f32>> {
     candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), 1).unwrap().to_vec2().unwrap()
 }
 
-/// `train.compute_dtype = "bf16"` on NemotronH: the forward (weights and activations in bf16,
+/// `train.compute_dtype = "bf16"` on NemotronH: the forward (weights and activations in bf16;
 /// the SSM scan, log-softmax and losses in f32) stays within bf16 rounding of f32, one NTP step
-/// logs the f32 step's loss and grad norm to within that rounding, and RLP runs with finite
-/// losses and the sampler's log-probs matching the bf16 training forward.
+/// logs the f32 step's loss and grad norm to within that rounding, RLP runs end to end, and its
+/// policy gradient through the differentiable bf16 cast is close to the f32 one.
 ///
 /// Tolerances: bf16 keeps 8 significant bits, a unit roundoff of u = 2⁻⁹ ≈ 2e-3 per rounding.
-/// Each weight, each block's input and output is rounded once; over the 5 blocks these errors
-/// add up roughly as a random walk, so the logits (here |logit| ≲ 1, the log-probs ≈ −ln V ≈ −5.7)
-/// move by a few u. Measured: max |Δ log p| 0.008, mean 0.0017; the loss (a mean of log-probs)
-/// 3e-4 relative; the grad norm 2e-3 relative. The bounds are 3–5× those.
+/// Each weight and each block's input and output is rounded; over the 5 blocks these errors add
+/// roughly as a random walk, so log-probs (≈ −ln V ≈ −5.7 here) move by a few u: measured max
+/// |Δ log p| 9.2e-3, mean 1.4e-3 (bounds 3e-2, 5e-3). The NTP loss averages 256 such errors of
+/// both signs: measured 1.2e-6 relative (bound u); its grad norm 5.6e-4 (bound 5e-3). The RLP
+/// policy gradient is Σ Aᵢ ∇log p over thoughts whose advantages sum to 0 per group, so the
+/// per-thought rounding is amplified by that cancellation: measured 1.2e-2 relative overall and
+/// 3.6e-2 for the worst tensor (a Mamba `A_log`, whose gradient is small); bounds 5e-2 and 0.15.
+/// A dropped or mis-cast gradient path is off by O(1).
 #[test]
 fn bf16_compute_on_nemotron_h_stays_within_bf16_rounding_of_f32() {
     let (m, tok) = model::weights::load_for_thinking(base(), true, "test").unwrap();
@@ -362,7 +371,7 @@ fn bf16_compute_on_nemotron_h_stays_within_bf16_rounding_of_f32() {
     let mean = sum / n as f64;
     eprintln!("bf16 vs f32 log-probs: max |Δ| {max:.5}, mean {mean:.5}");
     assert!(max > 0.0, "the bf16 forward equals the f32 one: it did not run in bf16");
-    assert!(max < 0.04 && mean < 0.008, "bf16 log-probs are off by up to {max} (mean {mean})");
+    assert!(max < 3e-2 && mean < 5e-3, "bf16 log-probs are off by up to {max} (mean {mean})");
 
     // one NTP step in each dtype
     let key = model_key(base());
@@ -380,18 +389,30 @@ fn bf16_compute_on_nemotron_h_stays_within_bf16_rounding_of_f32() {
         assert!(x != y, "{k}: bf16 gave exactly the f32 value: it did not run in bf16");
     };
     close("loss", 2e-3);
-    close("grad_norm", 1e-2);
+    close("grad_norm", 5e-3);
 
-    // RLP in bf16: rollouts by the bf16 decode, the update by the bf16 training forward
+    // RLP in bf16 end to end: rollouts by the bf16 cached decode, the update by the bf16 forward
     let run = scratch("bf16-rlp");
     Trainer::new(tiny_config(&[&key, "train.steps=2", "train.compute_dtype=\"bf16\"", "data.contexts_per_step=2"]), &run, false).unwrap().run().unwrap();
     let m = metrics(&run);
     assert_eq!(m.len(), 2);
     for v in &m {
-        assert!(num(v, "loss").is_finite() && num(v, "grad_norm") > 0.0 && num(v, "reward_mean").is_finite(), "{v}");
-        // behaviour log-probs (cached bf16 decode) vs the bf16 training forward: rounding only
-        assert!((num(v, "ratio_mean") - 1.0).abs() < 1e-2, "{v}");
+        assert!(num(v, "loss").is_finite() && num(v, "grad_norm") > 0.0 && num(v, "reward_mean").is_finite() && num(v, "entropy").is_finite(), "{v}");
     }
+
+    // the policy gradient of one rollout batch through the bf16 cast against f32
+    let mut t = Trainer::new(tiny_config(&[&key, "data.contexts_per_step=2"]), &scratch("bf16-grad"), false).unwrap();
+    let batch = t.rollout_batch().unwrap();
+    let idx: Vec<usize> = (0..8).collect();
+    let full = grads_of(&t, &t.policy_gradient(&batch, &idx, 8, 8).unwrap().grads);
+    t.compute_dtype = DType::BF16;
+    let half = grads_of(&t, &t.policy_gradient(&batch, &idx, 8, 8).unwrap().grads);
+    let (all_f, all_h): (Vec<f32>, Vec<f32>) = (full.concat(), half.concat());
+    let r = rel(&all_f, &all_h);
+    let worst = t.vars.iter().zip(full.iter().zip(&half)).map(|((n, _), (a, b))| (rel(a, b), n.clone())).fold((0.0, String::new()), |m, x| if x.0 > m.0 { x } else { m });
+    eprintln!("bf16 vs f32 policy gradient: {r:e} relative overall, worst {worst:?}");
+    assert!(r > 0.0, "the bf16 gradient equals the f32 one: it did not run in bf16");
+    assert!(r < 5e-2 && worst.0 < 0.15, "bf16 policy gradient off by {r:e} overall, {worst:?}");
 }
 
 // ---------------------------------------------------------------- eval
@@ -440,6 +461,7 @@ fn eval_on_nemotron_h_checkpoints() {
     a.add_think_tokens = true;
     let fresh = run_eval(&a).unwrap().metrics;
     let ln_v = 302f64.ln();
+    eprintln!("eval nll: sft checkpoint {:.3}, fresh {:.3}", trained["nll"], fresh["nll"]);
     assert!((fresh["nll"] - ln_v).abs() < 1.0, "a random model's nll {} is not near ln V = {ln_v:.2}", fresh["nll"]);
     assert!(trained["nll"] < fresh["nll"] - 1.5, "sft checkpoint nll {} vs fresh {}", trained["nll"], fresh["nll"]);
     for m in [&trained, &fresh] {
@@ -466,6 +488,7 @@ fn eval_on_nemotron_h_checkpoints() {
     // think vs no think
     let r = run_eval(&eval_args(&ck, "think", &out.join("think.json"), &corpus)).unwrap();
     let t = &r.metrics;
+    eprintln!("eval think: {t:?}");
     for k in ["acc_no_think", "acc_think", "acc_think_best", "thought_closed_frac"] {
         assert!((0.0..=1.0).contains(&t[k]), "{k} = {}", t[k]);
     }
@@ -488,6 +511,7 @@ fn eval_on_nemotron_h_checkpoints() {
     let b = run_eval(&eval_args(&ck, &task, &out.join("b.json"), &corpus)).unwrap();
     assert_eq!((&a.metrics, &a.examples), (&b.metrics, &b.examples), "same seed, other numbers");
     assert_eq!(a.n, 6);
+    eprintln!("eval jsonl: {:?}", a.metrics);
     for k in ["greedy", "pass@1", "no_answer_frac", "thought_closed_frac"] {
         assert!((0.0..=1.0).contains(&a.metrics[k]), "{k} = {:?}", a.metrics.get(k));
     }
