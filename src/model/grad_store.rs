@@ -6,12 +6,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 
 /// Move the gradients of `params` from `from` into `into`, adding where `into` already holds
-/// one (a tied embedding, or several backward passes). Only these are taken: candle's backward
-/// also stores a gradient for every constant operand of a binary op (the g in Σ block(x) ⊙ g,
-/// a broadcast mask), some built from tracked activations, which would keep a block's whole
-/// graph alive if the store were kept. The gradients are detached: candle leaves a leaf's
+/// one (a tied embedding, or several backward passes). Only these are taken: the store also
+/// holds the gradient of every variable the backward reached that is not a weight (the detached
+/// block inputs of gradient checkpointing). The gradients are detached: candle leaves a leaf's
 /// gradient tracked when its last backward step multiplied by a tracked tensor (exp(A_log) for
-/// NemotronH's A).
+/// NemotronH's A), which would keep that graph alive.
 pub fn take_grads(into: &mut GradStore, from: &mut GradStore, params: &[&Tensor]) -> Result<()> {
     for p in params {
         if let Some(g) = from.remove(p) {
