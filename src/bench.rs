@@ -191,6 +191,42 @@ pub fn matmul_peak_gflops(dev: &Device) -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / best / 1e9)
 }
 
+/// Memory read bandwidth in GB/s (10⁹ bytes): a sum over a 256 MiB f32 buffer, split over the
+/// rayon pool that candle's kernels use, the fastest of five after a warm-up. What memory-bound
+/// phases (decode reads every weight once per token, AdamW and the EMA stream the parameters)
+/// are measured against.
+pub fn memory_read_gbs() -> f64 {
+    use rayon::prelude::*;
+    let buf: Vec<f32> = (0..64usize << 20).map(|i| (i % 7) as f32).collect();
+    let mut best = f64::INFINITY;
+    let mut check = 0f32;
+    for i in 0..6 {
+        let t0 = Instant::now();
+        let sum: f32 = buf.par_chunks(1 << 16).map(lane_sum).sum();
+        let secs = t0.elapsed().as_secs_f64();
+        check += sum; // keeps the sum from being optimised away
+        if i >= 1 {
+            best = best.min(secs);
+        }
+    }
+    std::hint::black_box(check);
+    (buf.len() * 4) as f64 / best / 1e9
+}
+
+/// Σ xs with 16 independent accumulators, so the loop vectorises and is bound by memory, not
+/// by one chain of dependent float adds.
+fn lane_sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Peak resident memory of this process (VmHWM), MiB; 0 where /proc is unavailable.
 pub fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -205,12 +241,23 @@ struct Phase {
     secs: f64,
     tokens: usize,
     flops: f64,
+    /// Bytes the phase must move from memory at least (0: compute-bound, FLOPs only).
+    bytes: f64,
+}
+
+impl Phase {
+    /// The phase's time at the machine's limits: its FLOPs at the matmul peak or its bytes at
+    /// the read bandwidth, whichever takes longer.
+    fn limit_s(&self, peak_gflops: f64, read_gbs: f64) -> f64 {
+        (self.flops / (peak_gflops * 1e9)).max(self.bytes / (read_gbs * 1e9))
+    }
 }
 
 /// One RLP step, phase by phase, on fake prefixes; think tokens are added when missing.
 fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let dev = m.embed.device().clone();
     let peak = matmul_peak_gflops(&dev)?;
+    let read_gbs = memory_read_gbs();
     let v0 = m.cfg.vocab_size as u32;
     m.grow_vocab(v0 as usize + 2)?;
     let (think_id, end_think_id) = (v0, v0 + 1);
@@ -304,36 +351,48 @@ fn bench_step(a: &BenchArgs, mut m: Model) -> Result<()> {
     let train_tokens = if shared { b * (a.prefix + g * (budget + 1)) } else { b * g * (a.prefix + budget + 1) };
     let train_fwd_flops = train_flops / 3.0;
     let n_params = var_list.iter().map(|v| v.elem_count()).sum::<usize>();
+    // Memory traffic that cannot be avoided. Decode: every weight once per batched step (the
+    // budget's tokens plus `</think>`, and the S_pred forward), and each row's KV cache up to its
+    // position (a NemotronH's Mamba states are not counted). AdamW: θ, g, m, v read and θ, m, v
+    // written (and g read once more by the clip); the EMA: φ and θ read, φ written. f32 throughout.
+    let weight_bytes = 4.0 * n_params as f64;
+    let kv_row_bytes = (4 * 2 * shape.attention_layers() * shape.n_kv_heads * shape.head_dim) as f64; // per position
+    let decode_steps = budget + 2;
+    let kv_bytes: f64 = (0..decode_steps).map(|i| (b * g) as f64 * kv_row_bytes * (a.prefix + 1 + i) as f64).sum();
+    let decode_bytes = decode_steps as f64 * weight_bytes + kv_bytes;
     let phases = [
-        Phase { rss_mib: prefill_rss, name: "prefill", secs: prefill_s, tokens: b * (a.prefix + 1), flops: prefill_flops },
-        Phase { rss_mib: sample_rss, name: "decode", secs: (sample_s - prefill_s).max(1e-9), tokens: b * g * (budget + 1), flops: step_flops.sample - prefill_flops + step_flops.score },
-        Phase { rss_mib: score_rss, name: "score", secs: score_s, tokens: b * a.prefix, flops: step_flops.teacher },
-        Phase { rss_mib: fwd_rss, name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops },
-        Phase { rss_mib: policy_rss, name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops },
-        Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: train_flops },
-        Phase { rss_mib: policy_rss, name: "policy_cold", secs: cold_s, tokens: train_tokens, flops: train_flops },
-        Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0 },
-        Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0 },
+        Phase { rss_mib: prefill_rss, name: "prefill", secs: prefill_s, tokens: b * (a.prefix + 1), flops: prefill_flops, bytes: weight_bytes },
+        Phase { rss_mib: sample_rss, name: "decode", secs: (sample_s - prefill_s).max(1e-9), tokens: b * g * (budget + 1), flops: step_flops.sample - prefill_flops + step_flops.score, bytes: decode_bytes },
+        Phase { rss_mib: score_rss, name: "score", secs: score_s, tokens: b * a.prefix, flops: step_flops.teacher, bytes: weight_bytes },
+        Phase { rss_mib: fwd_rss, name: "policy_fwd", secs: fwd_s, tokens: train_tokens, flops: train_fwd_flops, bytes: 0.0 },
+        Phase { rss_mib: policy_rss, name: "policy_bwd", secs: bwd_s, tokens: train_tokens, flops: 2.0 * train_fwd_flops, bytes: 0.0 },
+        Phase { rss_mib: policy_rss, name: "policy_fwd_bwd", secs: fwd_s + bwd_s, tokens: train_tokens, flops: train_flops, bytes: 0.0 },
+        Phase { rss_mib: policy_rss, name: "policy_cold", secs: cold_s, tokens: train_tokens, flops: train_flops, bytes: 0.0 },
+        Phase { rss_mib: optim_rss, name: "optimizer", secs: optim_s, tokens: 0, flops: 0.0, bytes: 8.0 * weight_bytes },
+        Phase { rss_mib: peak_rss_mib(), name: "ema", secs: ema_s, tokens: 0, flops: 0.0, bytes: 3.0 * weight_bytes },
     ];
     let step_total_flops = step_flops.total() - step_flops.train + train_flops; // the policy FLOPs as run
-    let total_s: f64 = phases.iter().filter(|ph| !matches!(ph.name, "policy_fwd_bwd" | "policy_cold" | "decode")).map(|ph| ph.secs).sum::<f64>() + (sample_s - prefill_s);
+    let in_step = |ph: &&Phase| !matches!(ph.name, "policy_fwd_bwd" | "policy_cold");
+    let total_s: f64 = phases.iter().filter(in_step).map(|ph| ph.secs).sum();
+    let total_limit_s: f64 = phases.iter().filter(in_step).map(|ph| ph.limit_s(peak, read_gbs)).sum();
     // With checkpointing the forward and backward interleave: only their sum is reported, and
     // its MFU counts the model's FLOPs (3 × forward), not the recomputed forward.
     let phases: Vec<&Phase> = phases.iter().filter(|ph| !(a.grad_checkpoint && matches!(ph.name, "policy_fwd" | "policy_bwd"))).collect();
-    println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, fastest of 10)", a.prefix);
-    println!("{:<15} {:>9} {:>10} {:>9} {:>6} {:>10}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU", "VmHWM MiB");
+    println!("RLP step: B={b} G={g} prefix={} thought budget={budget}; {n_params} params; f32 matmul peak {peak:.1} GFLOP/s (1024³, fastest of 10); memory read {read_gbs:.1} GB/s", a.prefix);
+    println!("{:<15} {:>9} {:>10} {:>9} {:>6} {:>10} {:>10}", "phase", "seconds", "tokens/s", "GFLOP/s", "MFU", "limit s", "VmHWM MiB");
     let mut json_phases = serde_json::Map::new();
     for ph in &phases {
         let gf = ph.flops / ph.secs / 1e9;
         let tps = ph.tokens as f64 / ph.secs;
-        println!("{:<15} {:>9.3} {:>10.1} {:>9.1} {:>5.0}% {:>10.0}", ph.name, ph.secs, tps, gf, 100.0 * gf / peak, ph.rss_mib);
-        json_phases.insert(ph.name.into(), json!({ "s": ph.secs, "tokens_per_s": tps, "gflops": gf, "mfu": gf / peak, "peak_rss_mib": ph.rss_mib }));
+        let limit = ph.limit_s(peak, read_gbs);
+        println!("{:<15} {:>9.3} {:>10.1} {:>9.1} {:>5.0}% {:>10.3} {:>10.0}", ph.name, ph.secs, tps, gf, 100.0 * gf / peak, limit, ph.rss_mib);
+        json_phases.insert(ph.name.into(), json!({ "s": ph.secs, "tokens_per_s": tps, "gflops": gf, "mfu": gf / peak, "limit_s": limit, "peak_rss_mib": ph.rss_mib }));
     }
-    println!("{:<15} {:>9.3} {:>10} {:>9.1} {:>5.0}%", "step (sum)", total_s, "", step_total_flops / total_s / 1e9, 100.0 * step_total_flops / total_s / 1e9 / peak);
+    println!("{:<15} {:>9.3} {:>10} {:>9.1} {:>5.0}% {:>10.3}", "step (sum)", total_s, "", step_total_flops / total_s / 1e9, 100.0 * step_total_flops / total_s / 1e9 / peak, total_limit_s);
     println!(
         "{}",
         json!({ "bench": "step", "contexts": b, "g": g, "prefix": a.prefix, "budget": budget, "params": n_params,
-                "matmul_peak_gflops": peak, "phases": json_phases, "step_s": total_s, "step_gflops": step_total_flops / total_s / 1e9,
+                "matmul_peak_gflops": peak, "memory_read_gbs": read_gbs, "phases": json_phases, "step_s": total_s, "step_limit_s": total_limit_s, "step_gflops": step_total_flops / total_s / 1e9,
                 "threads": candle_core::utils::get_num_threads(), "peak_rss_mib": peak_rss_mib(), "grad_checkpoint": a.grad_checkpoint, "share_prefix": !a.no_share_prefix, "logprob_chunk": a.grad_checkpoint.then_some(a.logprob_chunk) })
     );
     Ok(())

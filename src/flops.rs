@@ -171,7 +171,7 @@ impl ModelShape {
     }
 
     /// Layers with attention (all of a dense model's).
-    fn attention_layers(&self) -> u64 {
+    pub fn attention_layers(&self) -> u64 {
         self.hybrid.map_or(self.n_layers, |h| h.attention_layers)
     }
 

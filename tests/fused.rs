@@ -220,3 +220,37 @@ fn masked_softmax_matches_the_composition() {
     assert!(gf.iter().zip(&gr).all(|(a, b)| (a - b).abs() < 1e-6), "{gf:?} vs {gr:?}");
     assert!(gf.iter().any(|&g| g != 0.0));
 }
+
+#[test]
+fn target_logprobs_match_the_composition_and_finite_differences() {
+    use rlp::model::fused::{target_logprobs, target_logprobs_reference};
+    let (b, t, v) = (2, 3, 11);
+    let mut init = randn(&[b, t, v], 9);
+    init[v + 4] = 60.0; // a peaked row
+    init[2 * v + 1] = -200.0; // an element whose exp underflows
+    let z = Var::from_vec(init, (b, t, v), &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[[0u32, 4, 10], [7, 1, 5]], &Device::Cpu).unwrap();
+    let w = Tensor::new(&[[0.5f32, -1.0, 2.0], [1.5, 0.25, -0.75]], &Device::Cpu).unwrap(); // loss = Σ w·lp
+    let f = |z: &Tensor| (target_logprobs(z, &targets).unwrap() * &w).unwrap().sum_all().unwrap();
+    let r = |z: &Tensor| (target_logprobs_reference(z, &targets).unwrap() * &w).unwrap().sum_all().unwrap();
+    let (fused, reference) = (target_logprobs(z.as_tensor(), &targets).unwrap(), target_logprobs_reference(z.as_tensor(), &targets).unwrap());
+    assert_eq!(fused.dims(), &[b, t]);
+    assert!(max_abs_diff(&fused, &reference) < 1e-5, "value differs by {}", max_abs_diff(&fused, &reference));
+    let (gf, gr) = (loss_grad(&z, f), loss_grad(&z, r));
+    assert!(gf.iter().zip(&gr).all(|(a, b)| (a - b).abs() < 1e-6), "{gf:?} vs {gr:?}");
+    check_finite_differences(&z, &gf, |t| f(t).to_scalar::<f32>().unwrap() as f64);
+}
+
+#[test]
+fn target_logprobs_by_hand() {
+    // z = [0, ln 3]: softmax = [1/4, 3/4]; log p(1) = ln(3/4); d log p(1)/dz = δ − p = [−1/4, 1/4].
+    let z = Var::from_vec(vec![0.0f32, 3f32.ln()], (1, 2), &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[1u32], &Device::Cpu).unwrap();
+    let lp = rlp::model::fused::target_logprobs(z.as_tensor(), &targets).unwrap();
+    let got: Vec<f32> = lp.to_vec1().unwrap();
+    assert!((got[0] - 0.75f32.ln()).abs() < 1e-6, "{got:?}");
+    let g: Vec<f32> = lp.sum_all().unwrap().backward().unwrap().get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!((g[0] + 0.25).abs() < 1e-6 && (g[1] - 0.25).abs() < 1e-6, "{g:?}");
+    let err = rlp::model::fused::target_logprobs(z.as_tensor(), &Tensor::new(&[2u32], &Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary of 2"), "{err}");
+}

@@ -6,6 +6,10 @@
 //!   divide, log_softmax, gather, exp of banned columns, log(1 − removed)) allocates a dozen
 //!   [M, V] tensors forward and backward; this op reads z once forward and writes one [M, V]
 //!   gradient backward.
+//! - `target_logprobs`: log softmax(z)[target] per row, for next-token losses (NTP, SFT) and
+//!   scoring: one pass forward (max, Σ exp) and one backward that writes g·(δ − softmax) into one
+//!   [M, V] gradient, where the composition (log_softmax, then gather) allocates four [M, V]
+//!   tensors forward and accumulates through as many backward, plus a scatter into zeros.
 //! - `tempered_entropy`: −Σ p log p of softmax(z / T) per row, no gradient.
 //! - `rms_norm`: x / sqrt(mean(x²) + eps) · w with gradients for x and w.
 //! - `softmax_last_dim`: softmax over the last dim with its backward; `masked_softmax`: the
@@ -212,6 +216,103 @@ impl CustomOp1 for TemperedEntropy {
             })
             .collect();
         Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+}
+
+/// log softmax(z)[target] for each row of z [.., V] and targets [..] (u32), shape [..].
+/// Differentiable in z. On the CPU with f32 logits it is [`TargetLogprob`], row-parallel;
+/// elsewhere the composition [`target_logprobs_reference`].
+pub fn target_logprobs(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if z.device().is_cpu() && z.dtype() == DType::F32 {
+        let dims = z.dims().to_vec();
+        let v = *dims.last().ok_or_else(|| anyhow::anyhow!("target_logprobs of a scalar"))?;
+        anyhow::ensure!(targets.dims() == &dims[..dims.len() - 1], "targets of shape {:?} for logits of shape {:?}", targets.dims(), dims);
+        let t: Vec<u32> = targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+        if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
+            anyhow::bail!("target token id {bad} is outside the vocabulary of {v}: check that the tokenizer and the model belong together");
+        }
+        let rows = z.contiguous()?.reshape((t.len(), v))?;
+        Ok(rows.apply_op1(TargetLogprob { targets: t })?.reshape(&dims[..dims.len() - 1])?)
+    } else {
+        target_logprobs_reference(z, targets)
+    }
+}
+
+/// The composition `target_logprobs` replaces: log_softmax over the last dim, then a gather.
+pub fn target_logprobs_reference(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lp = candle_nn::ops::log_softmax(z, D::Minus1)?;
+    Ok(lp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?)
+}
+
+/// log softmax(z)[target] of z [M, V], out [M]: out = (z_t − max) − ln Σ exp(z − max), the
+/// composition's operations in its order.
+struct TargetLogprob {
+    targets: Vec<u32>,
+}
+
+impl CustomOp1 for TargetLogprob {
+    fn name(&self) -> &'static str {
+        "rlp-target-logprob"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, m, v) = cpu_rows(s, l)?;
+        let out: Vec<f32> = (0..m)
+            .into_par_iter()
+            .with_min_len((PAR_ELEMS / v.max(1)).max(1))
+            .map(|r| {
+                let row = &z[r * v..(r + 1) * v];
+                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&x| exp_or_zero(x - mx)).sum();
+                (row[self.targets[r] as usize] - mx) - sum.ln()
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+
+    /// dz[m, j] = g[m] · (δ(j = target) − softmax(z)[m, j]); the row's log-normaliser is
+    /// z_t − out, so the backward needs no second reduction.
+    fn bwd(&self, z: &Tensor, out: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = TargetLogprobGrad { targets: self.targets.clone() };
+        let out_g = Tensor::stack(&[out, &g.contiguous()?], 1)?; // [M, 2]: (out, g) per row
+        Ok(Some(z.apply_op2_no_bwd(&out_g, &grad)?))
+    }
+}
+
+/// The backward of [`TargetLogprob`]: z [M, V] and (out, g) [M, 2] to dz [M, V].
+struct TargetLogprobGrad {
+    targets: Vec<u32>,
+}
+
+impl CustomOp2 for TargetLogprobGrad {
+    fn name(&self) -> &'static str {
+        "rlp-target-logprob-grad"
+    }
+
+    fn cpu_fwd(&self, zs: &CpuStorage, zl: &Layout, os: &CpuStorage, ol: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, m, v) = cpu_rows(zs, zl)?;
+        let (out_g, _, _) = cpu_rows(os, ol)?;
+        let mut dz = vec![0f32; m * v];
+        par_rows(&mut dz, v, |r, o| {
+            let t = self.targets[r] as usize;
+            let row = &z[r * v..(r + 1) * v];
+            let (lp, g) = (out_g[2 * r], out_g[2 * r + 1]);
+            let log_norm = row[t] - lp;
+            for (oj, &x) in o.iter_mut().zip(row) {
+                *oj = -g * exp_or_zero(x - log_norm);
+            }
+            o[t] += g;
+        });
+        Ok((CpuStorage::F32(dz), zl.shape().clone()))
+    }
+}
+
+/// exp(z), with the 0 it rounds to written directly below [`EXP_UNDERFLOW`].
+fn exp_or_zero(z: f32) -> f32 {
+    if z < EXP_UNDERFLOW {
+        0.0
+    } else {
+        z.exp()
     }
 }
 
