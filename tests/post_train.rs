@@ -353,6 +353,54 @@ fn rlvr_logprobs_are_the_sampling_distribution_of_each_generated_token() {
     assert_eq!(inp.lens[0], gens[0].thought.len() + 1 + gens[0].answer.len());
 }
 
+/// What the trainer scores in practice: real samples of the demo's base on tallies of 2 to 6
+/// digits (prompts of different lengths, right-padded into one batch as a step's Q·G samples
+/// are), each token's log-prob equal to one unpadded forward of its own sequence under the
+/// sampling temperature and bans.
+#[test]
+fn rlvr_logprobs_of_a_mixed_length_batch_of_demo_samples_match_one_forward_each() {
+    let cfg = post_config("post-rlvr.toml", &[]);
+    let (model, tok) = weights::load_for_thinking(&cfg.model.path, false, "test").unwrap();
+    let model = model.detached().unwrap();
+    let items: Vec<Item> = rlp::demo::post::rlvr_items(2, 10, &Default::default()).into_iter().map(|q| Item { id: "v".into(), question: q.question, answer: q.answer, choices: vec![] }).collect();
+    let prompts: Vec<Vec<u32>> = items.iter().map(|it| rlvr::prompt(&tok, it, PromptLayout::Raw, true).unwrap()).collect();
+    let lens: std::collections::HashSet<usize> = prompts.iter().map(|p| p.len()).collect();
+    assert!(lens.len() >= 3, "the prompts should differ in length: {lens:?}");
+    let sp = SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0 };
+    let spec = GenSpec { think_budget: 16, answer_tokens: 2, sampling: Some(sp), answer_sampling: Some(sp) };
+    let at = rlvr::StepSeed { seed: 0, step: 0, first_question: 0 };
+    let gens = rlvr::sample_groups_seeded(&model, &tok, &prompts, 2, &spec, at).unwrap();
+    let rows: Vec<SampleRow> = gens.iter().enumerate().map(|(i, g)| SampleRow { prompt: &prompts[i / 2], gen: g }).collect();
+    let bans = GenBans::for_tokenizer(&tok, model.cfg.vocab_size, 0.7);
+    let inp = SampleInputs::new(&rows, true, &bans, &Device::Cpu).unwrap();
+    let lp = rlvr::sample_logprobs(&model, &inp, &bans).unwrap().to_vec2::<f32>().unwrap(); // [N, U]
+    let mut checked = 0;
+    for (r, g) in gens.iter().enumerate() {
+        let mut seq = prompts[r / 2].clone();
+        let mut trained: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (u, &t) in g.thought.iter().enumerate() {
+            trained.push((seq.len(), if u == 0 { bans.first_thought.clone() } else { bans.thought.clone() }));
+            seq.push(t);
+        }
+        if g.closed {
+            trained.push((seq.len(), bans.thought.clone()));
+        }
+        seq.push(tok.end_think_id);
+        for &t in &g.answer {
+            trained.push((seq.len(), bans.answer.clone()));
+            seq.push(t);
+        }
+        let logits = model.forward_logits(&[seq.clone()]).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(inp.lens[r], trained.len());
+        for (u, (i, banned)) in trained.iter().enumerate() {
+            let want = tempered_logprobs(&logits[i - 1], 0.7, banned)[seq[*i] as usize];
+            assert!((lp[r][u] as f64 - want).abs() < 1e-4, "sample {r} token {u}: {} vs {want}", lp[r][u]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} tokens compared");
+}
+
 /// First PPO epoch on the hand-built group: logp_old from a second, gradient-free pass of the
 /// same policy, so ρ = 1 on every token and the clip does nothing. Then
 /// loss = −(1/N) Σ_i A_i = 0 (RLOO advantages sum to 0 in a group), and
