@@ -353,6 +353,54 @@ fn rlvr_logprobs_are_the_sampling_distribution_of_each_generated_token() {
     assert_eq!(inp.lens[0], gens[0].thought.len() + 1 + gens[0].answer.len());
 }
 
+/// What the trainer scores in practice: real samples of the demo's base on tallies of 2 to 6
+/// digits (prompts of different lengths, right-padded into one batch as a step's Q·G samples
+/// are), each token's log-prob equal to one unpadded forward of its own sequence under the
+/// sampling temperature and bans.
+#[test]
+fn rlvr_logprobs_of_a_mixed_length_batch_of_demo_samples_match_one_forward_each() {
+    let cfg = post_config("post-rlvr.toml", &[]);
+    let (model, tok) = weights::load_for_thinking(&cfg.model.path, false, "test").unwrap();
+    let model = model.detached().unwrap();
+    let items: Vec<Item> = rlp::demo::post::rlvr_items(2, 10, &Default::default()).into_iter().map(|q| Item { id: "v".into(), question: q.question, answer: q.answer, choices: vec![] }).collect();
+    let prompts: Vec<Vec<u32>> = items.iter().map(|it| rlvr::prompt(&tok, it, PromptLayout::Raw, true).unwrap()).collect();
+    let lens: std::collections::HashSet<usize> = prompts.iter().map(|p| p.len()).collect();
+    assert!(lens.len() >= 3, "the prompts should differ in length: {lens:?}");
+    let sp = SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0 };
+    let spec = GenSpec { think_budget: 16, answer_tokens: 2, sampling: Some(sp), answer_sampling: Some(sp) };
+    let at = rlvr::StepSeed { seed: 0, step: 0, first_question: 0 };
+    let gens = rlvr::sample_groups_seeded(&model, &tok, &prompts, 2, &spec, at).unwrap();
+    let rows: Vec<SampleRow> = gens.iter().enumerate().map(|(i, g)| SampleRow { prompt: &prompts[i / 2], gen: g }).collect();
+    let bans = GenBans::for_tokenizer(&tok, model.cfg.vocab_size, 0.7);
+    let inp = SampleInputs::new(&rows, true, &bans, &Device::Cpu).unwrap();
+    let lp = rlvr::sample_logprobs(&model, &inp, &bans).unwrap().to_vec2::<f32>().unwrap(); // [N, U]
+    let mut checked = 0;
+    for (r, g) in gens.iter().enumerate() {
+        let mut seq = prompts[r / 2].clone();
+        let mut trained: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (u, &t) in g.thought.iter().enumerate() {
+            trained.push((seq.len(), if u == 0 { bans.first_thought.clone() } else { bans.thought.clone() }));
+            seq.push(t);
+        }
+        if g.closed {
+            trained.push((seq.len(), bans.thought.clone()));
+        }
+        seq.push(tok.end_think_id);
+        for &t in &g.answer {
+            trained.push((seq.len(), bans.answer.clone()));
+            seq.push(t);
+        }
+        let logits = model.forward_logits(&[seq.clone()]).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(inp.lens[r], trained.len());
+        for (u, (i, banned)) in trained.iter().enumerate() {
+            let want = tempered_logprobs(&logits[i - 1], 0.7, banned)[seq[*i] as usize];
+            assert!((lp[r][u] as f64 - want).abs() < 1e-4, "sample {r} token {u}: {} vs {want}", lp[r][u]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} tokens compared");
+}
+
 /// First PPO epoch on the hand-built group: logp_old from a second, gradient-free pass of the
 /// same policy, so ρ = 1 on every token and the clip does nothing. Then
 /// loss = −(1/N) Σ_i A_i = 0 (RLOO advantages sum to 0 in a group), and
@@ -640,34 +688,59 @@ fn greedy_accuracy(model: &Model, tok: &Tok, items: &[Item]) -> f64 {
 }
 
 /// RLVR on the demo's shipped base and the tally items raises greedy exact-match accuracy on
-/// other tallies (a separate seed's stream, none of the training items) by more than two
-/// standard errors. Measured 2026-12-02 with configs/post-rlvr.toml variants: 0.601 -> 0.653
-/// (Q 8, 20 steps, LR 1e-4, T 1.0), 0.622 (Q 16, 30 steps, LR 3e-4, T 1.0), 0.625 (Q 16, 40
-/// steps, LR 1e-4, T 0.7); the bar is 0.659, so it does not pass yet.
+/// 300 other tallies (seed 1's stream, none a training item) by more than two standard errors
+/// of the difference (√(se_before² + se_after²), stricter than two of `before` alone); its
+/// sampled training reward rises too. Measured 2026-12-02: 0.560 -> 0.767 (se of the difference
+/// 0.038), training reward 0.478 -> 0.737; 147 s in release beside other builds.
+///
+/// How configs/post-rlvr.toml was chosen, on *validation* streams only (`examples/rlvr_probe.rs`,
+/// greedy accuracy on the first 400 tallies of seeds 2 and 3 that are not training items):
+/// - The old settings, 512 items, 40 steps of 16 questions, LR 1e-4 cosine: seed 2
+///   0.543 -> 0.575, seed 3 0.585 -> 0.630 (the held-out seed 1 had reached 0.601 -> 0.653 at
+///   best, under the 0.659 bar of two standard errors).
+/// - More updates on the same 512 (32 questions, LR 4e-4 constant, 100 steps = 6.25 epochs)
+///   memorise them: greedy on the training items 0.494 -> 0.760, on seed 2 only 0.588, seed 3
+///   0.638. The cause of the small gains was this: too few items for the updates, and too few
+///   updates on them.
+/// - The same settings on 4,096 items (3,200 questions, under one epoch as in the paper's RLVR),
+///   the config now: seed 2 0.543 -> 0.750, seed 3 0.585 -> 0.798.
+/// - Alternatives, 100 steps on an 8,192-item file, seed 2 (base 0.525 on its 400): the chosen
+///   settings 0.743; GRPO advantages 0.745; cosine to 4e-5 0.698; LR 2e-4 0.688; kl_coef 0.1
+///   0.613; G 16 × 16 questions 0.708; T 1.0 0.738; 200 steps of 16 questions at LR 1e-4 0.660.
+///   LR 1e-3 (16 questions, 512 items) fell to 0.478 at step 50 before recovering.
+///
+/// Seed 1, asserted on here, was not looked at while choosing. Known: the trained policy
+/// solves 3-5-digit tallies almost always but 6-digit ones less often than the base (seed 2:
+/// 20/104 -> 11/104, its working usually goes wrong at the third digit): their groups end all
+/// wrong, so no gradient holds them up; a KL term keeps them (22/110 at kl_coef 0.1) but gains
+/// less overall.
 #[test]
-#[ignore = "RLVR gains on the shipped base are below two standard errors so far (see the doc comment); run with --ignored"]
 fn rlvr_raises_exact_match_accuracy_on_held_out_tallies() {
     use rlp::train::trainer::Trainer;
-    let train = rlp::eval::items::load_items(&post_config("post-rlvr.toml", &[]).data.path).unwrap();
+    let cfg = post_config("post-rlvr.toml", &[]);
+    let train = rlp::eval::items::load_items(&cfg.data.path).unwrap();
     let seen: std::collections::HashSet<&str> = train.iter().map(|t| t.question.as_str()).collect();
-    let heldout: Vec<Item> = rlp::demo::post::rlvr_items(1, 300, &Default::default())
+    let heldout: Vec<Item> = rlp::demo::post::rlvr_items(1, 3000, &Default::default())
         .into_iter()
         .filter(|q| !seen.contains(q.question.as_str()))
+        .take(300)
         .enumerate()
         .map(|(i, q)| Item { id: format!("h{i}"), question: q.question, answer: q.answer, choices: vec![] })
         .collect();
-    assert!(heldout.len() >= 250, "only {} held-out tallies are not training items", heldout.len());
-    let cfg = post_config("post-rlvr.toml", &[]);
+    assert_eq!(heldout.len(), 300, "too few held-out tallies are not training items");
     let (base, tok) = weights::load_for_thinking(&cfg.model.path, false, "test").unwrap();
     let before = greedy_accuracy(&base, &tok, &heldout);
     let dir = tempfile::tempdir().unwrap();
     Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
-    let (after_model, _) = weights::load_for_thinking(&&rlp::train::checkpoint::list(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
+    let (after_model, _) = weights::load_for_thinking(&rlp::train::checkpoint::list(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
     let after = greedy_accuracy(&after_model.detached().unwrap(), &tok, &heldout);
     let m = run_metrics(dir.path());
-    let acc = |r: &[serde_json::Value]| r.iter().map(|v| v["accuracy"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
-    eprintln!("greedy held-out accuracy {before:.3} -> {after:.3}; sampled training accuracy {:.3} (first 5 steps) -> {:.3} (last 5)", acc(&m[..5]), acc(&m[m.len() - 5..]));
+    let reward = |r: &[serde_json::Value]| r.iter().map(|v| v["reward_mean"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let (first, last) = (reward(&m[..10]), reward(&m[m.len() - 10..]));
+    let n = heldout.len() as f64;
+    let se = ((before * (1.0 - before) + after * (1.0 - after)) / n).sqrt();
+    eprintln!("greedy held-out accuracy {before:.3} -> {after:.3} (se of the difference {se:.3}); sampled training reward {first:.3} (first 10 steps) -> {last:.3} (last 10)");
     assert!(before > 0.1 && before < 0.9, "the base should get some items right and some wrong: {before}");
-    let se = (before * (1.0 - before) / heldout.len() as f64).sqrt();
-    assert!(after > before + 2.0 * se, "greedy held-out accuracy {before:.3} -> {after:.3} (se {se:.3})");
+    assert!(last > first, "the sampled training reward did not rise: {first:.3} -> {last:.3}");
+    assert!(after > before + 2.0 * se, "greedy held-out accuracy {before:.3} -> {after:.3} (se of the difference {se:.3})");
 }
