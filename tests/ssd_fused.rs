@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::{rel_err, uniform};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlp::model::ssd::{chunked_scan, Segments};
+use rlp::model::layout::Segments;
+use rlp::model::ssd::chunked_scan;
 use rlp::model::ssd_fused::fused_scan;
 
 /// One batch of scan inputs (f64) laid out as the mixer produces them: x [B, T, H, P], dt [B, T, H]
