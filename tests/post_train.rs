@@ -625,7 +625,7 @@ fn rlvr_raises_exact_match_accuracy_on_held_out_tallies() {
     let before = greedy_accuracy(&base, &tok, &heldout);
     let dir = tempfile::tempdir().unwrap();
     Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
-    let (after_model, _) = weights::load_for_thinking(&&rlp::train::checkpoint::list(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
+    let (after_model, _) = weights::load_for_thinking(&&rlp::run_dir::checkpoints(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
     let after = greedy_accuracy(&after_model.detached().unwrap(), &tok, &heldout);
     let m = metrics(dir.path());
     let acc = |r: &[serde_json::Value]| r.iter().map(|v| v["accuracy"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;

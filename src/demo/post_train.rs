@@ -114,7 +114,7 @@ pub fn post_train_all(bin: Option<&Path>, models: &[(String, PathBuf)], sft_cfg:
         if !status.success() {
             bail!("`rlp post-train --model {}` failed ({status}); its output is in {}", a.models[0], log_path.display());
         }
-        crate::train::checkpoint::list(&out.join(name).join("rlvr"))?.pop().map(|(_, p)| p).with_context(|| format!("{name}: the RLVR run wrote no checkpoint"))
+        crate::run_dir::checkpoints(&out.join(name).join("rlvr"))?.pop().map(|(_, p)| p).with_context(|| format!("{name}: the RLVR run wrote no checkpoint"))
     };
     let mut done = Vec::new();
     for pair in models.chunks(2) {
