@@ -23,7 +23,7 @@ fn floats2(v: &Value) -> Vec<Vec<f32>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
 }
 
-/// max |a - b| / max |b|, the relative error for a whole tensor.
+/// max |a - b| / max |b| over a whole tensor: the relative error every tolerance here bounds.
 fn rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
     let mut diff = 0f32;

@@ -1,7 +1,7 @@
 //! `rlp demo --post-train`: the paper's second claim in miniature. After the comparison, base,
 //! CPT, RLP and RPT each get the same SFT (worked-tally pairs) and then the same RLVR (tally
 //! questions graded by exact match), both from `demo::post`'s sets for the seed, none an
-//! evaluation tally; then the same evaluation as before. The report gets the shape of the
+//! evaluation tally; then the comparison's evaluation again. The report gets the shape of the
 //! paper's Table 2: each model before and after post-training.
 //!
 //! The two stages are `rlp post-train`'s (`crate::post_train`), with one pair of configs
