@@ -175,6 +175,29 @@ fn unknown_architecture_and_rope_type_are_rejected() {
     assert!(cfg.rope_scaling.is_some());
 }
 
+/// A key of the wrong type is named in the error with the type it should have; a missing
+/// required key is named.
+#[test]
+fn config_keys_of_the_wrong_type_or_missing_are_named() {
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(test_data("tiny-llama").join("config.json")).unwrap()).unwrap();
+    for (key, bad, want) in [
+        ("hidden_size", serde_json::json!("64"), "expected a non-negative integer"),
+        ("rms_norm_eps", serde_json::json!("small"), "expected a number"),
+        ("tie_word_embeddings", serde_json::json!(1), "expected a boolean"),
+        ("eos_token_id", serde_json::json!("</s>"), "token id"),
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": "eight"}), "expected a number"),
+    ] {
+        let mut c = base.clone();
+        c[key] = bad;
+        let e = format!("{:#}", Config::from_json(c).unwrap_err());
+        assert!(e.contains(&format!("key `{key}`")) && e.contains(want), "{key}: {e}");
+    }
+    let mut c = base;
+    c.as_object_mut().unwrap().remove("intermediate_size");
+    let e = format!("{:#}", Config::from_json(c).unwrap_err());
+    assert!(e.contains("missing key `intermediate_size`"), "{e}");
+}
+
 #[test]
 fn token_ids_outside_the_vocabulary_are_an_error() {
     let m = fixture_model("tiny-llama");
