@@ -22,10 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-mod overrides;
-use overrides::{apply_override, describe_deserialize_error, resolve_paths};
-#[cfg(test)]
-use overrides::{fields_of, section_fields};
+mod load;
 
 /// Everything a training run needs, one struct per TOML section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -423,33 +420,7 @@ impl Default for CheckpointSection {
     }
 }
 
-/// Keys holding paths, resolved as the module docs say.
-const PATH_KEYS: [(&str, &str); 2] = [("model", "path"), ("data", "path")];
-
 impl TrainConfig {
-    /// Reads `path`, applies `--set section.key=value` overrides in order, and deserialises.
-    /// Does not call [`validate`](Self::validate).
-    pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut root: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("{} is not valid TOML", path.display()))?;
-        let config_dir = std::path::absolute(path)
-            .with_context(|| format!("cannot resolve the directory of {}", path.display()))?
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        resolve_paths(&mut root, &config_dir);
-        let cwd = std::env::current_dir().context("cannot read the working directory")?;
-        let mut overridden = Vec::new();
-        for raw in overrides {
-            let key = apply_override(&mut root, raw, &cwd)?;
-            overridden.push((key, raw.as_str()));
-        }
-        TrainConfig::deserialize(toml::Value::Table(root))
-            .map_err(|err| describe_deserialize_error(&err, path, &text, &overridden))
-    }
-
     /// The config as TOML, with every default filled in: what the run directory keeps.
     pub fn to_toml_string(&self) -> Result<String> {
         toml::to_string(self).context("cannot write the config as TOML")
@@ -687,6 +658,7 @@ impl fmt::Display for BatchArithmetic {
 
 #[cfg(test)]
 mod tests {
+    use super::load::{fields_of, section_fields};
     use super::*;
     use std::collections::BTreeSet;
     use std::io::Write;

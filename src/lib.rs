@@ -17,6 +17,7 @@ pub mod plan;
 pub mod post_train;
 pub mod report;
 pub mod rollout;
+pub mod run_dir;
 pub mod sampling;
 pub mod tokenizer;
 pub mod train;

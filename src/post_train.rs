@@ -13,7 +13,7 @@
 
 use crate::config::TrainConfig;
 use crate::dist::Dist;
-use crate::train::checkpoint;
+use crate::run_dir;
 use crate::train::trainer::Trainer;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -108,7 +108,7 @@ fn run_stage(config: &Path, overrides: &[String], want: &str, model: &Path, run:
         bail!("{} has objective.name = \"{name}\": the {want} stage of rlp post-train needs \"{want}\"", config.display());
     }
     let steps = cfg.train.steps as u64;
-    let done = checkpoint::list(run)?.last().map(|(s, p)| (*s, p.clone()));
+    let done = run_dir::checkpoints(run)?.last().map(|(s, p)| (*s, p.clone()));
     match done {
         Some((s, p)) if resume && s >= steps => return Ok(p),
         _ => {
@@ -116,5 +116,5 @@ fn run_stage(config: &Path, overrides: &[String], want: &str, model: &Path, run:
             Trainer::new_distributed(cfg, run, resume, dist.clone())?.run()?;
         }
     }
-    checkpoint::list(run)?.pop().map(|(_, p)| p).with_context(|| format!("{} wrote no checkpoint", run.display()))
+    run_dir::checkpoints(run)?.pop().map(|(_, p)| p).with_context(|| format!("{} wrote no checkpoint", run.display()))
 }

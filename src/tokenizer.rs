@@ -1,7 +1,7 @@
 //! The tokenizer as rlp uses it: a Hugging Face `tokenizers::Tokenizer` plus the ids the RLP
 //! layout needs (`<think>`, `</think>`, end-of-text ids).
 //!
-//! Conventions (the brief left these open):
+//! Conventions:
 //! - `encode` adds no special tokens and no BOS, but special tokens written in the text (e.g.
 //!   `<think>`) are recognised and become their ids.
 //! - `decode` keeps special tokens visible.

@@ -4,12 +4,11 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{config, config_path, metrics};
+use common::{config, config_path, fixture_model, metrics};
 use rlp::config::TrainConfig;
-use rlp::model::{self, AttnLayout};
+use rlp::model::AttnLayout;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
-use std::path::PathBuf;
 
 #[test]
 fn ntp_lowers_heldout_loss_and_counts_its_compute() {
@@ -58,7 +57,7 @@ fn ntp_with_gradient_checkpointing_takes_the_same_step() {
 
 #[test]
 fn packed_windows_do_not_attend_across_documents() {
-    let m = model::weights::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-think")).unwrap().model;
+    let m = fixture_model("tiny-think");
     let (a, b) = (vec![5u32, 9, 12, 40, 7], vec![33u32, 8, 21, 6]);
     let packed: Vec<u32> = [a.clone(), vec![0], b.clone()].concat();
     let segs: Vec<u32> = [vec![0u32; 6], vec![1u32; 4]].concat();

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{config_path, metrics, tiny_config};
+use common::{config_path, metrics, next_token_logprobs, tiny_config};
 use rlp::config::TrainConfig;
 use rlp::model::{self, AttnLayout, Model};
 use rlp::train::trainer::Trainer;
@@ -72,9 +72,7 @@ fn nll_loss(m: &Model, rows: &[Vec<u32>]) -> Tensor {
     assert_eq!(logits.dtype(), DType::F32, "logits must come back f32 whatever the compute dtype");
     let mut loss = Tensor::zeros((), DType::F32, m.device()).unwrap();
     for (b, r) in rows.iter().enumerate() {
-        let n = r.len() - 1;
-        let targets = Tensor::new(&r[1..], m.device()).unwrap();
-        let lp = model::target_logprobs(&logits.get(b).unwrap().narrow(0, 0, n).unwrap(), &targets).unwrap();
+        let lp = next_token_logprobs(&logits.get(b).unwrap(), r); // [len − 1]
         loss = (loss - lp.sum_all().unwrap()).unwrap();
     }
     loss

@@ -1,5 +1,8 @@
 //! `rlp eval` and `rlp report` on the tiny-rlp fixture: determinism, metric definitions, bad input.
 
+mod common;
+
+use common::write_file;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlp::eval::cli::{load_model, run_eval, EvalArgs};
@@ -37,16 +40,10 @@ fn args(task: &str, out: &Path) -> EvalArgs {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 #[test]
 fn same_seed_same_numbers_for_every_task_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let set = write(dir.path(), "set.jsonl", "{\"question\": \"What is 2 + 3?\", \"answer\": \"5\"}\n{\"question\": \"Pick\", \"answer\": \"B\", \"choices\": [\"x\", \"y\", \"z\"]}\n");
+    let set = write_file(dir.path(), "set.jsonl", "{\"question\": \"What is 2 + 3?\", \"answer\": \"5\"}\n{\"question\": \"Pick\", \"answer\": \"B\", \"choices\": [\"x\", \"y\", \"z\"]}\n");
     for task in [
         "think".to_string(),
         "nll".to_string(),
@@ -172,19 +169,19 @@ fn bad_eval_files_name_file_and_line() {
     };
     let missing = dir.path().join("nope.jsonl");
     assert!(err(&missing).contains("cannot read eval file") && err(&missing).contains("nope.jsonl"));
-    let bad = write(
+    let bad = write_file(
         dir.path(),
         "bad.jsonl",
         "{\"question\": \"q\", \"answer\": \"1\"}\n\n{\"question\": \"q\", \"answer\": \n",
     );
     assert!(err(&bad).contains("bad.jsonl:3: not valid JSON"), "{}", err(&bad));
-    let empty = write(dir.path(), "empty.jsonl", "{\"question\": \"q\", \"answer\": \"\"}\n");
+    let empty = write_file(dir.path(), "empty.jsonl", "{\"question\": \"q\", \"answer\": \"\"}\n");
     assert!(
         err(&empty).contains("empty.jsonl:1: `answer` is empty"),
         "{}",
         err(&empty)
     );
-    let nothing = write(dir.path(), "nothing.jsonl", "\n\n");
+    let nothing = write_file(dir.path(), "nothing.jsonl", "\n\n");
     assert!(err(&nothing).contains("holds no items"), "{}", err(&nothing));
     let e = format!(
         "{:#}",
@@ -234,7 +231,7 @@ fn report_writes_table_and_pngs() {
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let lines: String = (1..=5).map(|s| format!("{{\"step\": {s}, \"reward_mean\": {}, \"s_pred_mean\": -3.0, \"s_ema_mean\": -2.5, \"thought_len_mean\": {}}}\n", -0.5 + 0.1 * s as f64, 8 + s)).collect();
-    write(&run, "metrics.jsonl", &lines);
+    write_file(&run, "metrics.jsonl", &lines);
     let out = dir.path().join("report");
     let md = run_report(&ReportArgs {
         dirs: vec![evals, run],

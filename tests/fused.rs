@@ -1,7 +1,10 @@
 //! The fused ops of `rlp::model::fused` against the compositions they replace: values,
 //! gradients (through `backward`), and central finite differences.
 
+mod common;
+
 use candle_core::{Device, Tensor, Var};
+use common::max_abs_diff;
 use rlp::model::fused::{masked_target_logprobs, rms_norm, rms_norm_reference, tempered_entropy, Exclusions};
 
 fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
@@ -18,10 +21,6 @@ fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
             acc * 1.7
         })
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// The policy's original composition: log_softmax(z/T), gather, minus log(1 − excluded mass).
@@ -176,8 +175,7 @@ fn swiglu_matches_the_reference_in_value_and_gradient() {
 #[test]
 fn weight_gradients_carry_no_graph() {
     for name in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
-        let (m, vars) = rlp::model::weights::load(&dir).unwrap().model.into_vars().unwrap();
+        let (m, vars) = common::fixture_model(name).into_vars().unwrap();
         let rows = vec![vec![1u32, 5, 9, 2, 7, 3], vec![4u32, 8, 6]];
         let logits = m.forward_logits(&rows).unwrap();
         let grads = candle_nn::ops::log_softmax(&logits, 2).unwrap().sum_all().unwrap().backward().unwrap();

@@ -8,6 +8,7 @@ use candle_core::quantized::gguf_file::{self, Value as G};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::gguf::Dims;
+use common::max_abs_diff;
 use rlp::model::gguf::{find_smollm2, load_gguf, tokenizer_from_gguf_metadata, unpermute_qk};
 use rlp::model::Arch;
 use std::collections::HashMap;
@@ -229,10 +230,6 @@ fn write_gguf(path: &Path, arch: &str, weights: &[(String, Tensor)], dtype: Ggml
     let dims = Dims { hidden: D, ffn: FFN, heads: HEADS, kv_heads: KV, head_dim: HD, context: 512 };
     let mut f = std::fs::File::create(path).unwrap();
     common::gguf::write(&mut f, &common::gguf::metadata(arch, &dims, "gpt-2"), &qs);
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn round_trip(arch: &str, dtype: GgmlDType) {

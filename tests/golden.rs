@@ -3,29 +3,27 @@
 //! and by transformers 5.24 for a tiny random NemotronH (`M*-M-*`: Mamba-2, attention and MLP
 //! blocks; its `golden.json` `meta` documents every field).
 
+mod common;
+
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
+use common::{ids, mean_next_token_nll, next_token_logprobs, test_data};
 use rand::SeedableRng;
-use rlp::model::{self, target_logprobs, AttnLayout, Model};
+use rlp::model::{self, AttnLayout, Model};
 use serde_json::Value;
-use std::path::PathBuf;
 
 fn fixture(name: &str) -> (Model, Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let dir = test_data(name);
     let loaded = model::weights::load(&dir).unwrap();
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     (loaded.model, golden)
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn floats2(v: &Value) -> Vec<Vec<f32>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
 }
 
-/// max |a - b| / max |b|, the relative error for a whole tensor.
+/// max |a - b| / max |b| over a whole tensor: the relative error every tolerance here bounds.
 fn rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
     let mut diff = 0f32;
@@ -49,8 +47,7 @@ fn check_logits(name: &str) {
         let err = rel_err(&got, &floats2(&g["logits"][k]));
         assert!(err < 1e-4, "{name} input {k}: logits rel err {err}");
         if ids.len() > 1 {
-            let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
-            let lp = target_logprobs(&logits.narrow(0, 0, ids.len() - 1).unwrap(), &targets).unwrap().to_vec1::<f32>().unwrap();
+            let lp = next_token_logprobs(&logits, &ids).to_vec1::<f32>().unwrap();
             let want: Vec<f32> = g["logprobs_next"][k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             let err = rel_err(&[lp], &[want]);
             assert!(err < 1e-4, "{name} input {k}: logprobs rel err {err}");
@@ -77,11 +74,9 @@ fn check_greedy(name: &str) {
 /// Mean next-token loss of one row and its gradients, by plain backward or by
 /// `Model::checkpointed_backward` (gradient checkpointing per block).
 fn loss_and_grads(m: &Model, params: &[&Tensor], ids: &[u32], checkpointed: bool) -> (Tensor, GradStore) {
-    let n = ids.len() - 1;
-    let targets = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
     let loss_of = |hidden: &Tensor| -> anyhow::Result<Tensor> {
         let logits = m.logits(&hidden.squeeze(0)?)?; // [T, V]
-        Ok(target_logprobs(&logits.narrow(0, 0, n)?, &targets)?.mean_all()?.neg()?)
+        Ok(mean_next_token_nll(&logits, ids))
     };
     let row = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let layout = AttnLayout::right_padded(&[ids.len()], ids.len());

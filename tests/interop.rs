@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::tiny_config;
+use common::{max_abs_diff_slices, test_data, tiny_config};
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
 use std::path::Path;
@@ -86,13 +86,12 @@ const TYPES: [ExportType; 3] = [ExportType::F32, ExportType::F16, ExportType::Q8
 /// A checkpoint directory of a tiny fixture with tiny-rlp's 400-token vocabulary (think tokens
 /// included) as its tokenizer.json.
 fn fixture_with_tokenizer(fixture: &str, dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let out = dir.join(fixture);
     std::fs::create_dir_all(&out).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(fixture).join(f), out.join(f)).unwrap();
+        std::fs::copy(test_data(fixture).join(f), out.join(f)).unwrap();
     }
-    std::fs::copy(src.join("tiny-rlp/tokenizer.json"), out.join("tokenizer.json")).unwrap();
+    std::fs::copy(test_data("tiny-rlp/tokenizer.json"), out.join("tokenizer.json")).unwrap();
     out
 }
 
@@ -111,11 +110,6 @@ fn rounded(model: &Model, ty: ExportType) -> Model {
 
 fn logits(m: &Model, ids: &[u32]) -> Vec<f32> {
     m.forward_logits(&[ids.to_vec()]).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Each architecture in each type: rlp reads its own export back to the logits of the model
@@ -137,9 +131,9 @@ fn export_reads_back_with_the_same_logits_for_llama_qwen2_qwen3() {
             assert_eq!(back.model.cfg.arch.model_type(), arch);
             let got = logits(&back.model, &ids);
             let want = logits(&rounded(&loaded.model, ty), &ids);
-            let d = max_abs_diff(&got, &want);
+            let d = max_abs_diff_slices(&got, &want);
             assert!(d < 1e-4, "{fixture} {ty:?}: read-back logits differ from the rounded model's by {d}");
-            let q = max_abs_diff(&got, &want_exact);
+            let q = max_abs_diff_slices(&got, &want_exact);
             match ty {
                 ExportType::F32 => assert!(q < 1e-5, "{fixture} f32: {q}"),
                 _ => assert!(q > 0.0 && q < 0.05, "{fixture} {ty:?}: quantization error {q}"),
@@ -205,7 +199,7 @@ fn llama_export_stores_q_and_k_in_llama_cpp_row_order() {
 fn rlp_export_cli_writes_a_gguf_that_rlp_scores_like_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny-think.gguf");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-think");
+    let model = test_data("tiny-think");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_rlp"))
         .args(["export", "--model", model.to_str().unwrap(), "--gguf", out.to_str().unwrap(), "--type", "f32"])
         .output()
@@ -224,9 +218,9 @@ fn rlp_export_cli_writes_a_gguf_that_rlp_scores_like_the_checkpoint() {
     let a = score_cli(&model, &seq)["logprobs_next"].clone();
     let b = score_cli(&out, &seq)["logprobs_next"].clone();
     let (a, b): (Vec<f32>, Vec<f32>) = (serde_json::from_value(a).unwrap(), serde_json::from_value(b).unwrap());
-    assert!(max_abs_diff(&a, &b) < 1e-5, "{a:?} vs {b:?}");
+    assert!(max_abs_diff_slices(&a, &b) < 1e-5, "{a:?} vs {b:?}");
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_rlp"))
-        .args(["export", "--model", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-llama").to_str().unwrap(), "--gguf", out.to_str().unwrap()])
+        .args(["export", "--model", test_data("tiny-llama").to_str().unwrap(), "--gguf", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!missing.status.success());

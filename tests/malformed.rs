@@ -7,17 +7,14 @@ mod common;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use common::gguf::Dims;
+use common::repo;
 use proptest::prelude::*;
 use rlp::config::TrainConfig;
 use rlp::data::corpus::Corpus;
 use rlp::model::{gguf::load_gguf, weights};
 use rlp::tokenizer::Tok;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-
-fn repo(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
-}
+use std::path::Path;
 
 /// Run `f`, failing the test (with the input's description) if it panics.
 fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {

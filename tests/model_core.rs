@@ -1,33 +1,24 @@
 //! Model core beyond the golden fixtures: save/reload, finite differences, KV-cache consistency,
 //! vocabulary growth and bad input.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
-use rlp::model::{self, target_logprobs, Config, Model};
-use std::path::{Path, PathBuf};
-
-fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-fn load(name: &str) -> Model {
-    model::weights::load(&fixture_dir(name)).unwrap().model
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-}
+use common::{fixture_model, max_abs_diff, mean_next_token_nll, test_data};
+use rlp::model::{self, Config, Model};
+use std::path::Path;
 
 fn copy_fixture(name: &str, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture_dir(name).join(f), dst.join(f)).unwrap();
+        std::fs::copy(test_data(name).join(f), dst.join(f)).unwrap();
     }
 }
 
 #[test]
 fn save_then_reload_gives_identical_logits() {
     for name in ["tiny-qwen3", "tiny-llama", "tiny-qwen2"] {
-        let m = load(name);
+        let m = fixture_model(name);
         let dir = tempfile::tempdir().unwrap();
         model::weights::save_dir(&m, None, dir.path(), DType::F32).unwrap();
         for f in ["config.json", "model.safetensors", "generation_config.json"] {
@@ -46,7 +37,7 @@ fn save_then_reload_gives_identical_logits() {
 
 #[test]
 fn bf16_save_reloads_close() {
-    let m = load("tiny-llama");
+    let m = fixture_model("tiny-llama");
     let dir = tempfile::tempdir().unwrap();
     model::weights::save_dir(&m, None, dir.path(), DType::BF16).unwrap();
     let back = model::weights::load(dir.path()).unwrap().model;
@@ -58,13 +49,12 @@ fn bf16_save_reloads_close() {
 /// d loss / d w by central differences for a few weights of each kind, against backprop.
 #[test]
 fn gradient_matches_finite_differences() {
-    let m = load("tiny-qwen3");
+    let m = fixture_model("tiny-qwen3");
     let (m, vars) = m.into_vars().unwrap();
     let ids = vec![5u32, 77, 300, 12, 9, 500, 41];
     let loss_of = |m: &Model| -> Tensor {
-        let logits = m.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap();
-        let t = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
-        target_logprobs(&logits.narrow(0, 0, ids.len() - 1).unwrap(), &t).unwrap().mean_all().unwrap().neg().unwrap()
+        let logits = m.forward_logits(&[ids.clone()]).unwrap().squeeze(0).unwrap(); // [T, V]
+        mean_next_token_nll(&logits, &ids)
     };
     let grads = loss_of(&m).backward().unwrap();
     let picks = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_norm.weight", "model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight", "model.norm.weight"];
@@ -90,7 +80,7 @@ fn gradient_matches_finite_differences() {
 
 #[test]
 fn decode_steps_match_the_full_forward() {
-    let m = load("tiny-llama").detached().unwrap();
+    let m = fixture_model("tiny-llama").detached().unwrap();
     let seq = vec![10u32, 20, 30, 40, 50, 60, 70, 80];
     let full = m.forward_logits(&[seq.clone()]).unwrap().squeeze(0).unwrap();
     let (mut logits, mut cache) = m.prefill(&[seq[..3].to_vec()], 16).unwrap();
@@ -103,7 +93,7 @@ fn decode_steps_match_the_full_forward() {
 
 #[test]
 fn duplicated_cache_rows_decode_like_the_original() {
-    let m = load("tiny-qwen2").detached().unwrap();
+    let m = fixture_model("tiny-qwen2").detached().unwrap();
     let (logits, cache) = m.prefill(&[vec![1, 2, 3], vec![9, 8, 7, 6, 5]], 16).unwrap();
     // row 1 copied three times, row 0 dropped
     let mut dup = cache.select_rows(&[1, 1, 1]).unwrap();
@@ -118,7 +108,7 @@ fn duplicated_cache_rows_decode_like_the_original() {
 #[test]
 fn grown_vocab_rows_are_the_mean_embedding() {
     for name in ["tiny-qwen3", "tiny-llama"] {
-        let mut m = load(name);
+        let mut m = fixture_model(name);
         let mean = m.embed.mean(0).unwrap();
         let before = m.forward_logits(&[vec![1, 2, 3]]).unwrap();
         m.grow_vocab(514).unwrap();
@@ -149,7 +139,7 @@ fn missing_and_truncated_safetensors_are_clear_errors() {
     copy_fixture("tiny-llama", &d);
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
     assert!(err_of(&d).contains("neither model.safetensors nor model.safetensors.index.json"));
-    let bytes = std::fs::read(fixture_dir("tiny-llama").join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(test_data("tiny-llama").join("model.safetensors")).unwrap();
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let e = err_of(&d);
     assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
@@ -170,7 +160,7 @@ fn config_disagreeing_with_tensors_names_the_tensor() {
 
 #[test]
 fn unknown_architecture_and_rope_type_are_rejected() {
-    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir("tiny-llama").join("config.json")).unwrap()).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(test_data("tiny-llama").join("config.json")).unwrap()).unwrap();
     let mut c = base.clone();
     c["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     let e = format!("{:#}", Config::from_json(c).unwrap_err());
@@ -185,18 +175,41 @@ fn unknown_architecture_and_rope_type_are_rejected() {
     assert!(cfg.rope_scaling.is_some());
 }
 
+/// A key of the wrong type is named in the error with the type it should have; a missing
+/// required key is named.
+#[test]
+fn config_keys_of_the_wrong_type_or_missing_are_named() {
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(test_data("tiny-llama").join("config.json")).unwrap()).unwrap();
+    for (key, bad, want) in [
+        ("hidden_size", serde_json::json!("64"), "expected a non-negative integer"),
+        ("rms_norm_eps", serde_json::json!("small"), "expected a number"),
+        ("tie_word_embeddings", serde_json::json!(1), "expected a boolean"),
+        ("eos_token_id", serde_json::json!("</s>"), "token id"),
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": "eight"}), "expected a number"),
+    ] {
+        let mut c = base.clone();
+        c[key] = bad;
+        let e = format!("{:#}", Config::from_json(c).unwrap_err());
+        assert!(e.contains(&format!("key `{key}`")) && e.contains(want), "{key}: {e}");
+    }
+    let mut c = base;
+    c.as_object_mut().unwrap().remove("intermediate_size");
+    let e = format!("{:#}", Config::from_json(c).unwrap_err());
+    assert!(e.contains("missing key `intermediate_size`"), "{e}");
+}
+
 #[test]
 fn token_ids_outside_the_vocabulary_are_an_error() {
-    let m = load("tiny-llama");
+    let m = fixture_model("tiny-llama");
     let e = format!("{:#}", m.forward_logits(&[vec![1, 512]]).unwrap_err());
     assert!(e.contains("512") && e.contains("vocabulary"), "{e}");
 }
 
 #[test]
 fn sharded_safetensors_load_like_a_single_file() {
-    let m = load("tiny-qwen2");
+    let m = fixture_model("tiny-qwen2");
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture_dir("tiny-qwen2").join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(test_data("tiny-qwen2").join("config.json"), tmp.path().join("config.json")).unwrap();
     // two shards and the index transformers writes
     let tensors = m.named_tensors();
     let (a, b) = tensors.split_at(tensors.len() / 2);

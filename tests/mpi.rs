@@ -11,35 +11,14 @@
 //! namespace and host name, so the ranks talk TCP as on a cluster); scripts/test.sh starts it.
 #![cfg(feature = "mpi")]
 
+mod common;
+
+use common::{checkpoint_weights, dir_weights, metrics, rlp_bin, send_signal, test_data};
 use rlp::model;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-/// `$RLP_TEST_BIN`, or a private copy of this build's `rlp` taken at first use: the target
-/// directory may be shared with other builds that replace `target/release/rlp` while the tests
-/// run. Copies left by earlier test processes that have ended are removed.
-fn rlp() -> String {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(b) = std::env::var("RLP_TEST_BIN") {
-            return b;
-        }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mpi-test-bin");
-        std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let pid = e.file_name().to_string_lossy().trim_start_matches("rlp-").to_string();
-            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(&pid).exists() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let copy = dir.join(format!("rlp-{}", std::process::id()));
-        std::fs::copy(env!("CARGO_BIN_EXE_rlp"), &copy).unwrap();
-        copy.display().to_string()
-    })
-    .clone()
-}
 
 fn config() -> String {
     format!("{}/configs/tiny.toml", env!("CARGO_MANIFEST_DIR"))
@@ -77,7 +56,8 @@ fn mpirun_with(options: &[&str], np: usize, args: &[String]) -> Command {
     let mut c = Command::new("mpirun");
     c.args(["--allow-run-as-root", "--oversubscribe"])
         .args(options)
-        .args(["-np", &np.to_string(), &rlp()])
+        .args(["-np", &np.to_string()])
+        .arg(rlp_bin())
         .args(args)
         .stdin(Stdio::null());
     c
@@ -125,7 +105,8 @@ fn srun(np: usize, args: &[String]) -> Command {
     );
     let np = np.to_string();
     let mut c = Command::new("srun");
-    c.args(["--mpi=pmix", "-N", &np, "-n", &np, "--ntasks-per-node=1", &rlp()])
+    c.args(["--mpi=pmix", "-N", &np, "-n", &np, "--ntasks-per-node=1"])
+        .arg(rlp_bin())
         .args(args)
         .stdin(Stdio::null());
     c
@@ -156,7 +137,7 @@ fn train(np: usize, run: &Path, sets: &[&str]) {
 fn train_on(launcher: Launcher, np: usize, run: &Path, sets: &[&str]) {
     let args = train_args(run, sets);
     let out = if np == 1 {
-        Command::new(rlp()).args(&args).output()
+        Command::new(rlp_bin()).args(&args).output()
     } else {
         launch(launcher, np, &args).output()
     };
@@ -168,19 +149,9 @@ fn train_on(launcher: Launcher, np: usize, run: &Path, sets: &[&str]) {
         assert!(
             stdout.contains(&banner),
             "{} did not run as {np} ranks (not an MPI build?):\n{stdout}",
-            rlp()
+            rlp_bin().display()
         );
     }
-}
-
-fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
-    let m = model::weights::load(&run.join(format!("checkpoints/step-{step:06}")))
-        .unwrap()
-        .model;
-    m.named_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
 }
 
 /// Largest ‖a − b‖ / ‖a‖ over the parameter tensors, and the tensor it is found in.
@@ -198,16 +169,8 @@ fn worst_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)])
     worst
 }
 
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn assert_same_weights(what: &str, a: &Path, b: &Path, step: u64) {
-    let (rel, name) = worst_relative_difference(&weights(a, step), &weights(b, step));
+    let (rel, name) = worst_relative_difference(&checkpoint_weights(a, step), &checkpoint_weights(b, step));
     eprintln!("{what}: worst relative weight difference {rel:.2e} ({name})");
     assert!(rel <= 1e-6, "{what}: weights differ by {rel:e} relative in {name}");
 }
@@ -234,7 +197,7 @@ fn one_vs_two_ranks(sets: &[&str]) -> f64 {
 }
 
 fn one_vs_two_ranks_on(launcher: Launcher, sets: &[&str]) -> f64 {
-    one_vs_two_ranks_from(launcher, &tiny_rlp(), sets).0
+    one_vs_two_ranks_from(launcher, &test_data("tiny-rlp"), sets).0
 }
 
 /// The same, starting from the model in `init` (the config's `model.path` must name it); also
@@ -277,30 +240,19 @@ fn one_vs_two_ranks_from(launcher: Launcher, init: &Path, sets: &[&str]) -> (f64
         !contexts.is_empty() && contexts.iter().all(|c| c % 2 == 0),
         "rank 0 writes its own contexts (0, 2): {contexts:?}"
     );
-    let (rel, name) = worst_relative_difference(&weights(one.path(), 4), &weights(two.path(), 4));
-    let (moved, _) = worst_relative_difference(&model_weights(init), &weights(one.path(), 4));
+    let (rel, name) = worst_relative_difference(&checkpoint_weights(one.path(), 4), &checkpoint_weights(two.path(), 4));
+    let (moved, _) = worst_relative_difference(&dir_weights(init), &checkpoint_weights(one.path(), 4));
     eprintln!("{sets:?}: worst relative weight difference {rel:.2e} ({name}); weights moved up to {moved:.2e}");
     assert!(
         moved > 1e-3,
         "{sets:?}: training hardly moved the weights ({moved:e}): the comparison would prove nothing"
     );
-    (rel, weights(one.path(), 4))
+    (rel, checkpoint_weights(one.path(), 4))
 }
 
-fn tiny_rlp() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-rlp")
-}
-
+/// The weights of tests/data/tiny-rlp, where the tiny config starts.
 fn initial_weights() -> Vec<(String, Vec<f32>)> {
-    model_weights(&tiny_rlp())
-}
-
-fn model_weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let m = model::weights::load(dir).unwrap().model;
-    m.named_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
+    dir_weights(&test_data("tiny-rlp"))
 }
 
 /// `RLP_FORCE_MPI=1` under `mpirun -np 1`, and as an MPI singleton: every collective runs (the path a one-rank NCCL smoke
@@ -315,15 +267,15 @@ fn one_forced_mpi_rank_trains_exactly_the_single_process_weights() {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     check("rlp train on 1 forced MPI rank", out);
     assert!(stdout.contains("data parallel: gradients summed by MPI"), "the collectives did not run:\n{stdout}");
-    assert_eq!(weights(plain.path(), 2), weights(forced.path(), 2), "one MPI rank must train the single-process weights");
+    assert_eq!(checkpoint_weights(plain.path(), 2), checkpoint_weights(forced.path(), 2), "one MPI rank must train the single-process weights");
     // the same as an MPI singleton, with no mpirun at all (how gpu-check.sh runs on a machine without one)
     let singleton = tempfile::tempdir().unwrap();
-    let out = Command::new(rlp()).args(train_args(singleton.path(), &sets)).env("RLP_FORCE_MPI", "1").env("OMPI_MCA_ess_singleton_isolated", "1").output().unwrap();
+    let out = Command::new(rlp_bin()).args(train_args(singleton.path(), &sets)).env("RLP_FORCE_MPI", "1").env("OMPI_MCA_ess_singleton_isolated", "1").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     check("rlp train as a forced MPI singleton", out);
     assert!(stdout.contains("data parallel: gradients summed by MPI"), "the collectives did not run:\n{stdout}");
-    assert_eq!(weights(plain.path(), 2), weights(singleton.path(), 2), "an MPI singleton must train the single-process weights");
-    let (moved, _) = worst_relative_difference(&initial_weights(), &weights(plain.path(), 2));
+    assert_eq!(checkpoint_weights(plain.path(), 2), checkpoint_weights(singleton.path(), 2), "an MPI singleton must train the single-process weights");
+    let (moved, _) = worst_relative_difference(&initial_weights(), &checkpoint_weights(plain.path(), 2));
     assert!(moved > 1e-4, "training hardly moved the weights ({moved:e}): the comparison would prove nothing");
 }
 
@@ -341,7 +293,7 @@ fn two_ranks_train_the_weights_one_process_trains() {
 /// tiny-rlp's tokenizer, written to `dir`.
 fn tiny_nemotron_h(dir: &Path) {
     use rlp::model::init::{nemotron_h_config_json, random_model, SmallShape};
-    let tok = tokenizers::Tokenizer::from_file(tiny_rlp().join("tokenizer.json")).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(test_data("tiny-rlp/tokenizer.json")).unwrap();
     let eos = tok.token_to_id("<|endoftext|>");
     let shape = SmallShape { hidden: 64, heads: 4, kv_heads: 2, ffn: 128, max_positions: 512, tie_embeddings: false, ..SmallShape::default() };
     let json = nemotron_h_config_json(tok.get_vocab_size(true), &shape, "M*-M-", eos).unwrap();
@@ -367,7 +319,7 @@ fn two_ranks_train_the_nemotron_h_weights_one_process_trains() {
     let dir = tempfile::tempdir().unwrap();
     let init = dir.path().join("model");
     tiny_nemotron_h(&init);
-    let start = model_weights(&init);
+    let start = dir_weights(&init);
     let model_key = format!("model.path={:?}", init.display().to_string());
     for extra in [&[][..], &["objective.minibatches=2"][..]] {
         let sets = [&STRICT[..], &[model_key.as_str()], extra].concat();
@@ -436,7 +388,7 @@ fn ntp_on_two_ranks_trains_the_weights_one_process_trains() {
             );
         }
     }
-    let (moved, _) = worst_relative_difference(&initial_weights(), &weights(one.path(), 3));
+    let (moved, _) = worst_relative_difference(&initial_weights(), &checkpoint_weights(one.path(), 3));
     assert!(moved > 1e-3, "training hardly moved the weights ({moved:e})");
     assert_same_weights("ntp, 1 vs 2 ranks", one.path(), two.path(), 3);
 }
@@ -454,7 +406,7 @@ fn resume_works_on_the_same_and_on_another_world_size() {
         train(2, split.path(), &two);
         let args = [train_args(split.path(), &four), vec!["--resume".into()]].concat();
         let out = if resumed_on == 1 {
-            Command::new(rlp()).args(&args).output()
+            Command::new(rlp_bin()).args(&args).output()
         } else {
             mpirun(2, &args).output()
         };
@@ -520,14 +472,6 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> 
     None
 }
 
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 #[test]
 fn a_hung_rank_makes_the_other_abort_with_the_timeout_message() {
     hung_rank_aborts_the_job(Launcher::Mpirun);
@@ -540,11 +484,11 @@ fn a_hung_srun_task_on_another_node_makes_the_job_abort_with_the_timeout_message
     hung_rank_aborts_the_job(Launcher::Srun);
 }
 
-/// Start a long 2-rank run with a `timeout_s` collective timeout, send rank 1 `signal_name`,
+/// Start a long 2-rank run with a `timeout_s` collective timeout, send rank 1 signal `sig`,
 /// and wait up to `timeout_s` + 30 s for the job to end. Returns its exit status, its stderr and
 /// the time from the signal to the end. Under `srun`, first checks that the two ranks are on
 /// different nodes (network and UTS namespaces).
-fn disturb_rank_1(launcher: Launcher, timeout_s: u32, signal_name: &str) -> (ExitStatus, String, Duration) {
+fn disturb_rank_1(launcher: Launcher, timeout_s: u32, sig: i32) -> (ExitStatus, String, Duration) {
     let (run, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let log = logs.path().join("stderr.txt");
     let mut job = start_long_run_on(launcher, run.path(), timeout_s, &log);
@@ -556,14 +500,14 @@ fn disturb_rank_1(launcher: Launcher, timeout_s: u32, signal_name: &str) -> (Exi
             assert_ne!(ns(rank0, kind), ns(rank1, kind), "the two tasks should run on two nodes ({kind} namespaces)");
         }
     }
-    signal(rank1, signal_name);
+    send_signal(rank1, sig);
     let sent = Instant::now();
     let status = wait_with_deadline(&mut job, Duration::from_secs(timeout_s as u64 + 30));
     let waited = sent.elapsed();
-    let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status(); // a stopped rank 1
+    unsafe { libc::kill(rank1 as i32, libc::SIGKILL) }; // a stopped rank 1; it may have ended already
     let stderr = std::fs::read_to_string(&log).unwrap();
     let status = status.unwrap_or_else(|| {
-        panic!("the job did not end within {timeout_s} + 30 s of rank 1 getting {signal_name}:\n{stderr}")
+        panic!("the job did not end within {timeout_s} + 30 s of rank 1 getting signal {sig}:\n{stderr}")
     });
     (status, stderr, waited)
 }
@@ -571,7 +515,7 @@ fn disturb_rank_1(launcher: Launcher, timeout_s: u32, signal_name: &str) -> (Exi
 fn hung_rank_aborts_the_job(launcher: Launcher) {
     let timeout_s = 3;
     // SIGSTOP hangs rank 1: alive, but it never reaches the next collective
-    let (status, stderr, waited) = disturb_rank_1(launcher, timeout_s, "-STOP");
+    let (status, stderr, waited) = disturb_rank_1(launcher, timeout_s, libc::SIGSTOP);
     assert!(!status.success());
     assert!(
         stderr.contains("collective timed out") && stderr.contains("train.collective_timeout_s = 3 s"),
@@ -600,7 +544,7 @@ fn a_killed_srun_task_on_another_node_ends_the_job_within_the_timeout() {
 
 fn killed_rank_ends_the_job(launcher: Launcher) {
     let timeout_s = 5;
-    let (status, stderr, waited) = disturb_rank_1(launcher, timeout_s, "-KILL");
+    let (status, stderr, waited) = disturb_rank_1(launcher, timeout_s, libc::SIGKILL);
     assert!(!status.success(), "the job must fail when a rank dies:\n{stderr}");
     // Either the launcher notices the dead rank and ends the job (mpirun does), or rank 0's
     // collective times out (under srun, which lets the step run on): within the timeout, plus
@@ -648,7 +592,7 @@ fn sft_and_rlvr_on_two_ranks_train_the_weights_one_process_trains() {
     ];
     for (name, sets, keys) in cases {
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let out = Command::new(rlp()).args(post_train_args(name, one.path(), sets)).output().unwrap();
+        let out = Command::new(rlp_bin()).args(post_train_args(name, one.path(), sets)).output().unwrap();
         check(&format!("{name} in one process"), out);
         let out = mpirun(2, &post_train_args(name, two.path(), sets)).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -665,7 +609,7 @@ fn sft_and_rlvr_on_two_ranks_train_the_weights_one_process_trains() {
                 assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{name} step {}: {k} = {p} in one process, {q} on two ranks", x["step"]);
             }
         }
-        let (rel, tensor) = worst_relative_difference(&weights(one.path(), 3), &weights(two.path(), 3));
+        let (rel, tensor) = worst_relative_difference(&checkpoint_weights(one.path(), 3), &checkpoint_weights(two.path(), 3));
         eprintln!("{name}: worst relative weight difference {rel:.2e} ({tensor})");
         assert!(rel <= 1e-5, "{name}: weights differ by {rel:e} relative in {tensor}");
     }

@@ -3,16 +3,20 @@
 //! (continuations, duplicated and dropped rows), and the config parser's key spellings and
 //! refusals.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{ids, mean_next_token_nll, rel_err, test_data, uniform};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlp::model::ssd::{chunked_scan, sequential_scan, Segments};
+use rlp::model::layout::Segments;
+use rlp::model::ssd::{chunked_scan, sequential_scan};
 use rlp::model::{self, AttnLayout, Config, Model};
 use serde_json::Value;
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-nemotron-h")
+    test_data("tiny-nemotron-h")
 }
 
 fn fixture() -> (Model, Value) {
@@ -23,25 +27,6 @@ fn fixture() -> (Model, Value) {
 
 fn fixture_config() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("config.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-/// max |a − b| / max |b| over two tensors of one shape.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f64> = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len());
-    let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    diff / b.iter().fold(0f64, |m, y| m.max(y.abs()))
-}
-
-fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// Random scan inputs in f64: x [B, T, H, P], dt [B, T, H] in (0.01, 0.6), a [H] in (−3, −0.3),
@@ -277,9 +262,7 @@ fn bf16_compute_is_close_to_f32_and_differentiable() {
     let err = rel_err(&logits_alone(&bf, &seq), &logits_alone(&m, &seq));
     assert!(err < 5e-2, "bf16 logits differ by {err:e}");
     let loss = |model: &Model| -> Tensor {
-        let logits = logits_alone(model, &seq).narrow(0, 0, seq.len() - 1).unwrap();
-        let targets = Tensor::new(&seq[1..], &Device::Cpu).unwrap();
-        model::target_logprobs(&logits, &targets).unwrap().mean_all().unwrap().neg().unwrap()
+        mean_next_token_nll(&logits_alone(model, &seq), &seq)
     };
     let (g32, g16) = (loss(&m).backward().unwrap(), loss(&bf).backward().unwrap());
     let l2 = |t: &Tensor| t.to_dtype(DType::F32).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();

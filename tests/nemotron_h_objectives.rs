@@ -12,12 +12,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{config, metrics, tiny_config};
-use rlp::config::TrainConfig;
+use common::{checkpoint_dir, dir_weights, fresh_nemotron_h, metrics, named_weights, repo, single_thread_config, tiny_config};
 use rlp::data::sft::{load_sft, sft_batch, tokenize_sft, ChatTemplate, SftPacker};
 use rlp::eval::cli::{load_model, run_eval, EvalArgs};
-use rlp::model::init::{nemotron_h_config_json, random_model, SmallShape};
-use rlp::model::{self, Config, Model};
+use rlp::model;
 use rlp::objective::sft::sft_loss;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
@@ -25,23 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 const SFT_STEPS: usize = 12;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// A fresh NemotronH with a 300-token BPE tokenizer that has `<|endoftext|>` but no think tokens.
-fn fresh_model(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo("tests/data/text/sample.txt")).unwrap();
-    let tok = rlp::tokenizer::train_byte_level_bpe(text.lines(), 300, &["<|endoftext|>"]).unwrap();
-    let eos = tok.token_to_id("<|endoftext|>");
-    let shape = SmallShape { hidden: 64, heads: 4, kv_heads: 2, ffn: 128, max_positions: 512, tie_embeddings: false, ..SmallShape::default() };
-    let cfg = Config::from_json(nemotron_h_config_json(tok.get_vocab_size(true), &shape, "M*-M-", eos).unwrap()).unwrap();
-    let m = random_model(&cfg, 7).unwrap();
-    let path = dir.join("model");
-    model::weights::save_dir(&m, Some(&tok), &path, DType::F32).unwrap();
-    path
-}
 
 /// A fresh directory under this test binary's scratch space.
 fn scratch(name: &str) -> PathBuf {
@@ -54,18 +35,11 @@ fn scratch(name: &str) -> PathBuf {
 /// The fresh model, built once.
 fn base() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
-    BASE.get_or_init(|| fresh_model(&scratch("base")))
+    BASE.get_or_init(|| fresh_nemotron_h(&scratch("base")).0)
 }
 
 fn model_key(path: &Path) -> String {
     format!("model.path={:?}", path.display().to_string())
-}
-
-/// `configs/{name}` with `sets`, progress bars off, one thread.
-fn post_config(name: &str, sets: &[&str]) -> TrainConfig {
-    let mut all = vec!["train.threads=1"];
-    all.extend(sets);
-    config(name, &all)
 }
 
 fn sft_sets(model: &Path) -> Vec<String> {
@@ -81,22 +55,14 @@ fn sft_run() -> &'static Path {
     SFT.get_or_init(|| {
         let run = scratch("sft");
         let sets = sft_sets(base());
-        let cfg = post_config("post-sft.toml", &sets.iter().map(String::as_str).collect::<Vec<_>>());
+        let cfg = single_thread_config("post-sft.toml", &sets.iter().map(String::as_str).collect::<Vec<_>>());
         Trainer::new(cfg, &run, false).unwrap().run().unwrap();
         run
     })
 }
 
 fn sft_model() -> PathBuf {
-    sft_run().join(format!("checkpoints/step-{SFT_STEPS:06}"))
-}
-
-fn named_weights(m: &Model) -> Vec<(String, Vec<f32>)> {
-    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
-}
-
-fn dir_weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    named_weights(&model::weights::load(dir).unwrap().model)
+    checkpoint_dir(sft_run(), SFT_STEPS as u64)
 }
 
 fn norm(v: &[f32]) -> f64 {
@@ -135,7 +101,7 @@ fn sft_on_nemotron_h_trains_the_response_tokens() {
     assert_eq!(m.len(), SFT_STEPS);
     // step 1 by hand: the trainer's windows from the same seed, the same masks
     let sets = sft_sets(base());
-    let cfg = post_config("post-sft.toml", &sets.iter().map(String::as_str).collect::<Vec<_>>());
+    let cfg = single_thread_config("post-sft.toml", &sets.iter().map(String::as_str).collect::<Vec<_>>());
     let (model, tok) = model::weights::load_for_thinking(&cfg.model.path, true, "test").unwrap();
     assert!(tok.added_think_tokens, "the fixture's tokenizer must lack the think tokens");
     let recs = load_sft(&cfg.data.path).unwrap();
@@ -168,7 +134,7 @@ fn rlvr_on_nemotron_h_from_its_sft_checkpoint() {
     let start = sft_model();
     let run = scratch("rlvr");
     let key = model_key(&start);
-    let cfg = post_config("post-rlvr.toml", &[&key, "data.contexts_per_step=4", "rollout.g=4", "objective.kl_coef=0.05", "objective.rlvr_format_weight=0.5", "train.steps=2", "optim.lr=1e-3", "optim.warmup_steps=0"]);
+    let cfg = single_thread_config("post-rlvr.toml", &[&key, "data.contexts_per_step=4", "rollout.g=4", "objective.kl_coef=0.05", "objective.rlvr_format_weight=0.5", "train.steps=2", "optim.lr=1e-3", "optim.warmup_steps=0"]);
     Trainer::new(cfg, &run, false).unwrap().run().unwrap();
     let m = metrics(&run);
     assert_eq!(m.len(), 2);
@@ -183,7 +149,7 @@ fn rlvr_on_nemotron_h_from_its_sft_checkpoint() {
     assert!(num(&m[0], "no_answer_frac") < 1.0 && num(&m[0], "thought_truncated_frac") < 1.0, "{}", m[0]);
     assert!((num(&m[0], "ratio_mean") - 1.0).abs() < 1e-5, "{}", m[0]);
     assert_eq!(num(&m[0], "kl"), 0.0, "the first step's policy is the reference");
-    assert_all_moved(&dir_weights(&start), &dir_weights(&run.join("checkpoints/step-000002")), "rlvr");
+    assert_all_moved(&dir_weights(&start), &dir_weights(&checkpoint_dir(&run, 2)), "rlvr");
 }
 
 /// A corpus of the tally pairs as plain text (thought markers dropped): text the SFT model
@@ -234,7 +200,7 @@ fn rpt_on_nemotron_h_rewards_exact_guesses_and_trains() {
         assert!(num(v, "loss").is_finite() && num(v, "grad_norm") > 0.0, "{v}");
         assert!((num(v, "ratio_mean") - 1.0).abs() < 1e-4, "{v}");
     }
-    assert_all_moved(&dir_weights(&start), &dir_weights(&run.join("checkpoints/step-000002")), "rpt");
+    assert_all_moved(&dir_weights(&start), &dir_weights(&checkpoint_dir(&run, 2)), "rpt");
 }
 
 // ---------------------------------------------------------------- gradient checkpointing
@@ -284,8 +250,8 @@ fn assert_checkpointed_step_is_the_same(name: &str, model: &Path, sets: &[&str])
         let run = scratch(&format!("ckpt-{}-{checkpointed}", name.trim_end_matches(".toml")));
         let ckpt = format!("train.grad_checkpoint={checkpointed}");
         let all: Vec<&str> = [&key, "train.steps=1", &ckpt].into_iter().chain(sets.iter().copied()).collect();
-        Trainer::new(post_config(name, &all), &run, false).unwrap().run().unwrap();
-        (metrics(&run).remove(0), dir_weights(&run.join("checkpoints/step-000001")))
+        Trainer::new(single_thread_config(name, &all), &run, false).unwrap().run().unwrap();
+        (metrics(&run).remove(0), dir_weights(&checkpoint_dir(&run, 1)))
     };
     let ((m0, w0), (m1, w1)) = (step(false), step(true));
     for k in ["loss", "grad_norm"] {
@@ -317,7 +283,7 @@ fn gradient_checkpointing_takes_the_same_ntp_and_sft_steps_on_nemotron_h() {
 #[test]
 fn gradient_checkpointing_gives_the_same_rlvr_gradient_on_nemotron_h() {
     let key = model_key(&sft_model());
-    let cfg = post_config("post-rlvr.toml", &[&key, "data.contexts_per_step=4", "rollout.g=4", "objective.kl_coef=0.05", "objective.rlvr_format_weight=0.5"]);
+    let cfg = single_thread_config("post-rlvr.toml", &[&key, "data.contexts_per_step=4", "rollout.g=4", "objective.kl_coef=0.05", "objective.rlvr_format_weight=0.5"]);
     let mut t = Trainer::new(cfg, &scratch("ckpt-rlvr"), false).unwrap();
     let batch = t.rlvr_batch().unwrap();
     assert!(batch.advantages.iter().any(|&a| a != 0.0), "every advantage is 0: the gradient is 0 and nothing is compared");

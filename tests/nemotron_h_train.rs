@@ -4,46 +4,16 @@
 
 mod common;
 
-use common::{metrics, tiny_config};
-use rlp::model::init::{nemotron_h_config_json, random_model, SmallShape};
-use rlp::model::{self, Config};
+use common::{checkpoint_weights, fresh_nemotron_h, metrics, test_data, tiny_config, without_timings};
+use rlp::model;
+use rlp::model::init::random_model;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-/// A fresh NemotronH with a 300-token BPE tokenizer that has `<|endoftext|>` but no think tokens.
-fn fresh_model(dir: &Path) -> (PathBuf, usize) {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/text/sample.txt")).unwrap();
-    let tok = rlp::tokenizer::train_byte_level_bpe(text.lines(), 300, &["<|endoftext|>"]).unwrap();
-    let vocab = tok.get_vocab_size(true);
-    let eos = tok.token_to_id("<|endoftext|>");
-    let shape = SmallShape { hidden: 64, heads: 4, kv_heads: 2, ffn: 128, max_positions: 512, tie_embeddings: false, ..SmallShape::default() };
-    let cfg = Config::from_json(nemotron_h_config_json(vocab, &shape, "M*-M-", eos).unwrap()).unwrap();
-    let m = random_model(&cfg, 7).unwrap();
-    let path = dir.join("model");
-    model::weights::save_dir(&m, Some(&tok), &path, candle_core::DType::F32).unwrap();
-    (path, vocab)
-}
-
-fn deterministic(m: &[Value]) -> Vec<Value> {
-    m.iter()
-        .map(|v| {
-            let mut v = v.clone();
-            v.as_object_mut().unwrap().retain(|k, _| !k.ends_with("_s") && !k.starts_with("tokens_per_s"));
-            v
-        })
-        .collect()
-}
-
-fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
-    let m = model::weights::load(&run.join(format!("checkpoints/step-{step:06}"))).unwrap().model;
-    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
-}
 
 #[test]
 fn rlp_on_nemotron_h_grows_think_tokens_resumes_exactly_and_saves_hf_directories() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model_path, vocab) = fresh_model(tmp.path());
+    let (model_path, vocab) = fresh_nemotron_h(tmp.path());
     let model_key = format!("model.path={:?}", model_path.display().to_string());
     let overrides = |extra: &[&str]| -> Vec<String> {
         let mut o = vec![model_key.clone(), "checkpoint.every=2".into(), "train.steps=4".into()];
@@ -61,11 +31,11 @@ fn rlp_on_nemotron_h_grows_think_tokens_resumes_exactly_and_saves_hf_directories
     for v in &m {
         assert!(v["loss"].as_f64().is_some_and(f64::is_finite) && v["grad_norm"].as_f64().unwrap() > 0.0, "{v}");
     }
-    assert_eq!(deterministic(&m), deterministic(&metrics(&split)), "resumed metrics differ");
-    let (a, b) = (weights(&straight, 4), weights(&split, 4));
+    assert_eq!(without_timings(&m), without_timings(&metrics(&split)), "resumed metrics differ");
+    let (a, b) = (checkpoint_weights(&straight, 4), checkpoint_weights(&split, 4));
     assert_eq!(a, b, "resumed weights differ");
     // training moved every parameter (think-token rows included)
-    let start = weights(&straight, 2);
+    let start = checkpoint_weights(&straight, 2);
     for ((name, x), (_, y)) in a.iter().zip(&start) {
         assert!(x != y, "{name} did not change between steps 2 and 4");
     }
@@ -92,7 +62,7 @@ fn rlp_on_nemotron_h_grows_think_tokens_resumes_exactly_and_saves_hf_directories
 #[test]
 fn ntp_on_nemotron_h_packs_documents_and_lowers_the_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model_path, _) = fresh_model(tmp.path());
+    let (model_path, _) = fresh_nemotron_h(tmp.path());
     let model_key = format!("model.path={:?}", model_path.display().to_string());
     let run = tmp.path().join("ntp");
     let cfg = tiny_config(&[&model_key, "objective.name=\"ntp\"", "train.steps=8", "optim.lr=3e-3", "data.max_context=64"]);
@@ -106,7 +76,7 @@ fn ntp_on_nemotron_h_packs_documents_and_lowers_the_loss() {
 #[test]
 fn init_model_writes_a_nemotron_h_directory() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/text/sample.txt")).unwrap();
+    let text = std::fs::read_to_string(test_data("text/sample.txt")).unwrap();
     let tok = rlp::tokenizer::train_byte_level_bpe(text.lines(), 300, &["<|endoftext|>"]).unwrap();
     let tok_path = tmp.path().join("tokenizer.json");
     tok.save(&tok_path, false).unwrap();

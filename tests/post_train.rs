@@ -1,7 +1,10 @@
 //! Post-training building blocks: SFT data (parsing, chat templates, tokens and loss masks,
 //! packing) and loss, RLVR rewards, advantages, log-probs, loss and metrics.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{checkpoint_weights, metrics, repo, single_thread_config, test_data, without_timings, write_file};
 use rlp::data::corpus::TokenizedDocs;
 use rlp::data::packer::Packer;
 use rlp::data::sft::{load_sft, sft_batch, tokenize_spans, tokenize_sft, ChatTemplate, Message, SftDocs, SftExample, SftPacker, SftRecord, Span};
@@ -14,32 +17,21 @@ use rlp::objective::rlvr::{self, AdvantageKind, GenBans, LossParams, PromptLayou
 use rlp::objective::sft::sft_loss;
 use rlp::sampling::{tempered_logprobs, SamplingParams};
 use rlp::tokenizer::Tok;
-use std::path::{Path, PathBuf};
-
-fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
-}
 
 fn msg(role: &str, content: &str) -> Message {
     Message { role: role.into(), content: content.into() }
 }
 
 fn qwen3() -> ChatTemplate {
-    ChatTemplate::from_tokenizer_config(&data("tokenizers/qwen3/tokenizer_config.json")).unwrap().expect("Qwen3's config has a chat template")
+    ChatTemplate::from_tokenizer_config(&test_data("tokenizers/qwen3/tokenizer_config.json")).unwrap().expect("Qwen3's config has a chat template")
 }
 
 /// The tiny-rlp fixture: a random 3-layer Llama with 512 embedding rows and a 400-token BPE
 /// (so ids 400..512 are past the tokenizer), `<|endoftext|>`, `<think>`, `</think>` special.
 fn tiny() -> (Model, Tok) {
-    let loaded = weights::load(&data("tiny-rlp")).unwrap();
+    let loaded = weights::load(&test_data("tiny-rlp")).unwrap();
     let tok = Tok::from_tokenizer(loaded.tokenizer.unwrap(), false, "tiny-rlp").unwrap();
     (loaded.model.detached().unwrap(), tok)
-}
-
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-    let p = dir.path().join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 // ---------------------------------------------------------------- chat templates
@@ -77,9 +69,9 @@ fn templates_that_rewrite_earlier_turns_are_refused_and_chatml_multi_turn_works(
 #[test]
 fn template_sources_and_template_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let none = write(&dir, "none.json", r#"{"eos_token": "</s>"}"#);
+    let none = write_file(dir.path(), "none.json", r#"{"eos_token": "</s>"}"#);
     assert!(ChatTemplate::from_tokenizer_config(&none).unwrap().is_none());
-    let list = write(&dir, "list.json", r#"{"bos_token": {"content": "<s>"}, "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}{{ messages[0]['content'] }}"}]}"#);
+    let list = write_file(dir.path(), "list.json", r#"{"bos_token": {"content": "<s>"}, "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}{{ messages[0]['content'] }}"}]}"#);
     let t = ChatTemplate::from_tokenizer_config(&list).unwrap().unwrap();
     assert_eq!(t.render(&[msg("user", "hi")], false).unwrap(), "<s>hi");
     let bad = ChatTemplate::new("{% for %}", "", "", "bad.json").err().unwrap().to_string();
@@ -93,7 +85,7 @@ fn template_sources_and_template_errors() {
 #[test]
 fn chat_template_tokens_map_thoughts_to_rlps_think_ids_and_mask_the_prompt() {
     // SmolLM2's real tokenizer (ChatML special tokens, no think tokens: rlp adds them).
-    let tok = Tok::from_file(&data("smollm2/tokenizer.json"), true).unwrap();
+    let tok = Tok::from_file(&test_data("smollm2/tokenizer.json"), true).unwrap();
     assert!(tok.added_think_tokens);
     let conv = [msg("user", "What is 3+4?"), msg("assistant", "<think>\n3+4=7\n</think>\n\n7")];
     let spans = qwen3().spans(&conv).unwrap();
@@ -116,7 +108,7 @@ fn chat_template_tokens_map_thoughts_to_rlps_think_ids_and_mask_the_prompt() {
 fn sft_file_to_docs_pairs_and_plain_chats() {
     let (_, tok) = tiny();
     let dir = tempfile::tempdir().unwrap();
-    let f = write(&dir, "sft.jsonl", "{\"prompt\": \"tally a4 b3 is\", \"response\": \"<think> a4 b7</think> 7.\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \" 4\"}]}\n");
+    let f = write_file(dir.path(), "sft.jsonl", "{\"prompt\": \"tally a4 b3 is\", \"response\": \"<think> a4 b7</think> 7.\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \" 4\"}]}\n");
     let recs = load_sft(&f).unwrap();
     assert_eq!((recs.len(), recs[1].source.ends_with("sft.jsonl:3")), (2, true));
     let docs = tokenize_sft(&tok, &recs, None, None).unwrap();
@@ -149,21 +141,21 @@ fn sft_file_to_docs_pairs_and_plain_chats() {
 fn malformed_sft_input_names_file_line_and_fix() {
     let (_, tok) = tiny();
     let dir = tempfile::tempdir().unwrap();
-    let f = write(&dir, "bad.jsonl", "{\"prompt\": \"q\", \"response\": \"a\"}\n{\"prompt\": \"q\", \"response\": \"a\"}\n{\"prompt\": \"q\"}\n");
+    let f = write_file(dir.path(), "bad.jsonl", "{\"prompt\": \"q\", \"response\": \"a\"}\n{\"prompt\": \"q\", \"response\": \"a\"}\n{\"prompt\": \"q\"}\n");
     let e = load_sft(&f).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:3: the example has no `response`") && e.contains("write {\"prompt\": str"), "{e}");
-    let f = write(&dir, "empty.jsonl", "\n\n");
+    let f = write_file(dir.path(), "empty.jsonl", "\n\n");
     assert!(load_sft(&f).unwrap_err().to_string().contains("holds no examples"));
     assert!(load_sft(&dir.path().join("missing.jsonl")).unwrap_err().to_string().contains("check the path"));
     // Thought markers must pair up.
-    let f = write(&dir, "think.jsonl", "{\"prompt\": \"q\", \"response\": \"<think> a 7\"}\n{\"prompt\": \"q\", \"response\": \"7</think>\"}\n");
+    let f = write_file(dir.path(), "think.jsonl", "{\"prompt\": \"q\", \"response\": \"<think> a 7\"}\n{\"prompt\": \"q\", \"response\": \"7</think>\"}\n");
     let recs = load_sft(&f).unwrap();
     let e = format!("{:#}", tokenize_sft(&tok, &recs[..1], None, None).unwrap_err());
     assert!(e.contains("think.jsonl:1: cannot tokenize") && e.contains("never closed"), "{e}");
     let e = format!("{:#}", tokenize_sft(&tok, &recs[1..], None, None).unwrap_err());
     assert!(e.contains("think.jsonl:2") && e.contains("</think> where a thought is not open"), "{e}");
     // A role the plain template has no place for.
-    let f = write(&dir, "tool.jsonl", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}\n");
+    let f = write_file(dir.path(), "tool.jsonl", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}\n");
     let e = format!("{:#}", tokenize_sft(&tok, &load_sft(&f).unwrap(), None, None).unwrap_err());
     assert!(e.contains("tool.jsonl:1: cannot render") && e.contains("role `tool`"), "{e}");
 }
@@ -359,7 +351,7 @@ fn rlvr_logprobs_are_the_sampling_distribution_of_each_generated_token() {
 /// sampling temperature and bans.
 #[test]
 fn rlvr_logprobs_of_a_mixed_length_batch_of_demo_samples_match_one_forward_each() {
-    let cfg = post_config("post-rlvr.toml", &[]);
+    let cfg = single_thread_config("post-rlvr.toml", &[]);
     let (model, tok) = weights::load_for_thinking(&cfg.model.path, false, "test").unwrap();
     let model = model.detached().unwrap();
     let items: Vec<Item> = rlp::demo::post::rlvr_items(2, 10, &Default::default()).into_iter().map(|q| Item { id: "v".into(), question: q.question, answer: q.answer, choices: vec![] }).collect();
@@ -499,9 +491,8 @@ fn rlvr_sampling_gives_g_samples_per_prompt() {
 
 #[test]
 fn bundled_rlvr_set_loads_and_shares_no_item_with_the_evaluation() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let post = rlp::eval::items::load_items(&root.join("data/post/rlvr_quartz.jsonl")).unwrap();
-    let eval = rlp::eval::items::load_items(&root.join("data/eval/quartz.jsonl")).unwrap();
+    let post = rlp::eval::items::load_items(&repo("data/post/rlvr_quartz.jsonl")).unwrap();
+    let eval = rlp::eval::items::load_items(&repo("data/eval/quartz.jsonl")).unwrap();
     assert!(post.len() >= 900, "{} items", post.len());
     let seen: std::collections::HashSet<(String, Vec<String>)> = eval.iter().map(|i| (i.question.clone(), i.choices.clone())).collect();
     assert!(post.iter().all(|i| !seen.contains(&(i.question.clone(), i.choices.clone()))));
@@ -551,7 +542,7 @@ fn seeded_sampling_does_not_depend_on_how_questions_are_split() {
 fn sft_steps_lower_the_response_loss_of_held_out_pairs() {
     use candle_nn::Optimizer;
     use rlp::demo::post::sft_pairs;
-    let loaded = weights::load(&data("tiny-think")).unwrap();
+    let loaded = weights::load(&test_data("tiny-think")).unwrap();
     let tok = Tok::from_tokenizer(loaded.tokenizer.unwrap(), false, "tiny-think").unwrap();
     let (model, vars) = loaded.model.into_vars().unwrap();
     let pairs = sft_pairs(0, 96, &Default::default());
@@ -581,40 +572,12 @@ fn sft_steps_lower_the_response_loss_of_held_out_pairs() {
 
 // ---------------------------------------------------------------- sft and rlvr through the trainer
 
-fn post_config(name: &str, sets: &[&str]) -> rlp::config::TrainConfig {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
-    let all: Vec<String> = ["logging.progress=false", "train.threads=1"].iter().chain(sets).map(|s| s.to_string()).collect();
-    rlp::config::TrainConfig::load(&path, &all).unwrap()
-}
-
-fn run_metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// Metrics without the wall-clock fields.
-fn timeless(m: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    m.iter()
-        .map(|v| {
-            let mut v = v.clone();
-            for k in ["step_s", "sample_s", "score_s", "train_s", "optimizer_s", "tokens_per_s_sample", "tokens_per_s_train"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
-        .collect()
-}
-
-fn checkpoint_weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
-    let m = weights::load(&run.join(format!("checkpoints/step-{step:06}"))).unwrap().model;
-    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
-}
-
 /// Step 1's logged loss is the mean NLL of the response tokens of the windows it packed, as
 /// the library computes it from the initial model, and not the mean over all tokens.
 #[test]
 fn sft_trainer_loss_is_the_response_nll_of_its_windows() {
     use rlp::train::trainer::Trainer;
-    let cfg = post_config("post-sft.toml", &["train.steps=1", "optim.warmup_steps=0", "data.contexts_per_step=4"]);
+    let cfg = single_thread_config("post-sft.toml", &["train.steps=1", "optim.warmup_steps=0", "data.contexts_per_step=4"]);
     let (model, tok) = weights::load_for_thinking(&cfg.model.path, cfg.model.add_think_tokens, "test").unwrap();
     let recs = load_sft(&cfg.data.path).unwrap();
     let train = &recs[..recs.len() - cfg.data.heldout_docs];
@@ -627,7 +590,7 @@ fn sft_trainer_loss_is_the_response_nll_of_its_windows() {
     let all_tokens = sft_loss(&logits, &targets, &mask.ones_like().unwrap()).unwrap().to_scalar::<f32>().unwrap() as f64;
     let dir = tempfile::tempdir().unwrap();
     Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
-    let m = &run_metrics(dir.path())[0];
+    let m = &metrics(dir.path())[0];
     let got = m["loss"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "trainer loss {got}, response NLL {want}");
     assert!((all_tokens - want).abs() > 1e-2, "the prompt tokens would change the loss ({all_tokens} vs {want}): the test could not tell");
@@ -639,13 +602,13 @@ fn sft_trainer_loss_is_the_response_nll_of_its_windows() {
 fn assert_resume_exact(config: &str, sets: &[&str]) {
     use rlp::train::trainer::Trainer;
     // a constant rate: a run of 2 steps and one of 4 share their schedule only then
-    let with = |extra: &[&str]| post_config(config, &[sets, &["checkpoint.every=2", "checkpoint.keep_last=3", "optim.schedule=constant", "optim.warmup_steps=0"], extra].concat());
+    let with = |extra: &[&str]| single_thread_config(config, &[sets, &["checkpoint.every=2", "checkpoint.keep_last=3", "optim.schedule=constant", "optim.warmup_steps=0"], extra].concat());
     let straight = tempfile::tempdir().unwrap();
     Trainer::new(with(&["train.steps=4"]), straight.path(), false).unwrap().run().unwrap();
     let split = tempfile::tempdir().unwrap();
     Trainer::new(with(&["train.steps=2"]), split.path(), false).unwrap().run().unwrap();
     Trainer::new(with(&["train.steps=4"]), split.path(), true).unwrap().run().unwrap();
-    assert_eq!(timeless(&run_metrics(straight.path())), timeless(&run_metrics(split.path())), "{config}");
+    assert_eq!(without_timings(&metrics(straight.path())), without_timings(&metrics(split.path())), "{config}");
     let (a, b) = (checkpoint_weights(straight.path(), 4), checkpoint_weights(split.path(), 4));
     assert_eq!(a, b, "{config}: resumed weights differ");
     let (first, _) = (checkpoint_weights(straight.path(), 2), ());
@@ -668,10 +631,10 @@ fn rlvr_resumes_exactly() {
 fn sft_trainer_lowers_held_out_response_loss() {
     use rlp::train::trainer::Trainer;
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(post_config("post-sft.toml", &[]), dir.path(), false).unwrap();
+    let mut t = Trainer::new(single_thread_config("post-sft.toml", &[]), dir.path(), false).unwrap();
     let before = t.sft_heldout_nll().unwrap().unwrap();
     t.run().unwrap();
-    let m = run_metrics(dir.path());
+    let m = metrics(dir.path());
     let after = m.last().unwrap()["heldout_response_nll"].as_f64().unwrap();
     eprintln!("held-out response NLL {before:.4} -> {after:.4}");
     assert!(after < 0.8 * before, "held-out response NLL {before:.4} -> {after:.4}");
@@ -717,7 +680,7 @@ fn greedy_accuracy(model: &Model, tok: &Tok, items: &[Item]) -> f64 {
 #[test]
 fn rlvr_raises_exact_match_accuracy_on_held_out_tallies() {
     use rlp::train::trainer::Trainer;
-    let cfg = post_config("post-rlvr.toml", &[]);
+    let cfg = single_thread_config("post-rlvr.toml", &[]);
     let train = rlp::eval::items::load_items(&cfg.data.path).unwrap();
     let seen: std::collections::HashSet<&str> = train.iter().map(|t| t.question.as_str()).collect();
     let heldout: Vec<Item> = rlp::demo::post::rlvr_items(1, 3000, &Default::default())
@@ -732,9 +695,9 @@ fn rlvr_raises_exact_match_accuracy_on_held_out_tallies() {
     let before = greedy_accuracy(&base, &tok, &heldout);
     let dir = tempfile::tempdir().unwrap();
     Trainer::new(cfg, dir.path(), false).unwrap().run().unwrap();
-    let (after_model, _) = weights::load_for_thinking(&rlp::train::checkpoint::list(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
+    let (after_model, _) = weights::load_for_thinking(&rlp::run_dir::checkpoints(dir.path()).unwrap().pop().unwrap().1, false, "test").unwrap();
     let after = greedy_accuracy(&after_model.detached().unwrap(), &tok, &heldout);
-    let m = run_metrics(dir.path());
+    let m = metrics(dir.path());
     let reward = |r: &[serde_json::Value]| r.iter().map(|v| v["reward_mean"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
     let (first, last) = (reward(&m[..10]), reward(&m[m.len() - 10..]));
     let n = heldout.len() as f64;

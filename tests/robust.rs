@@ -2,33 +2,23 @@
 //! moments (also mid-checkpoint) and resume, SIGINT/SIGTERM, a full disk and an unwritable run
 //! directory, injected non-finite gradients, and a long run's memory.
 //!
-//! The binary is copied to a temp dir first (other worktrees may rebuild `target/release/rlp`
-//! while these tests run), and children run with `RAYON_NUM_THREADS=1`.
+//! Runs a private copy of the binary (`common::rlp_bin`: other worktrees may rebuild
+//! `target/release/rlp` while these tests run), and children run with `RAYON_NUM_THREADS=1`.
 
+mod common;
+
+use common::{checkpoint_dir, metrics_so_far, rlp_bin, send_signal};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn rlp() -> &'static Path {
-    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &COPY
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let bin = dir.path().join("rlp");
-            std::fs::copy(env!("CARGO_BIN_EXE_rlp"), &bin).unwrap();
-            (dir, bin)
-        })
-        .1
-}
 
 /// `rlp train` on configs/tiny.toml into `run`, with `--set` overrides.
 fn train(run: &Path, sets: &[&str], resume: bool) -> Command {
-    let mut c = Command::new(rlp());
+    let mut c = Command::new(rlp_bin());
     c.current_dir(env!("CARGO_MANIFEST_DIR")).env("RAYON_NUM_THREADS", "1").env_remove("RLP_INJECT_NONFINITE_STEPS");
     c.args(["train", "--config", "configs/tiny.toml", "--out"]).arg(run);
     for s in ["logging.progress=false"].iter().chain(sets) {
@@ -48,15 +38,6 @@ fn run_ok(mut c: Command) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect() // a line may be mid-write
-}
-
-fn ckpt(run: &Path, step: u64) -> PathBuf {
-    run.join(format!("checkpoints/step-{step:06}"))
 }
 
 /// Every tensor of a safetensors file, as f32 values (exact comparison).
@@ -87,10 +68,6 @@ fn wait_until(child: &mut Child, deadline: Duration, mut cond: impl FnMut() -> b
         std::thread::sleep(Duration::from_millis(1));
     }
     false
-}
-
-fn signal(child: &Child, sig: i32) {
-    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
 const STEPS: u64 = 24;
@@ -136,7 +113,7 @@ fn sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run() {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             if let Some(n) = name.strip_prefix("step-") {
                 let step: u64 = n.parse().unwrap();
-                assert_eq!(full_state(&p), full_state(&ckpt(reference.path(), step)), "after kill {kills}: {name} differs from the reference");
+                assert_eq!(full_state(&p), full_state(&checkpoint_dir(reference.path(), step)), "after kill {kills}: {name} differs from the reference");
                 let state: Value = serde_json::from_str(&std::fs::read_to_string(p.join("trainer_state.json")).unwrap()).unwrap();
                 assert_eq!(state["step"].as_u64(), Some(step));
             }
@@ -146,8 +123,8 @@ fn sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run() {
     assert!(kills >= KILLS / 2, "only {kills} kills landed: the test did not exercise crashes");
     assert!(kills_mid_write >= 2, "only {kills_mid_write} kills landed during a checkpoint write");
     assert!(tmp_dirs(&run).is_empty(), "a finished run left a .tmp- checkpoint");
-    assert_eq!(full_state(&ckpt(&run, STEPS)), full_state(&ckpt(reference.path(), STEPS)), "final weights or trainer state differ");
-    let steps: Vec<u64> = metrics(&run).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(full_state(&checkpoint_dir(&run, STEPS)), full_state(&checkpoint_dir(reference.path(), STEPS)), "final weights or trainer state differ");
+    let steps: Vec<u64> = metrics_so_far(&run).iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "metrics.jsonl must hold each step once");
 }
 
@@ -157,21 +134,21 @@ fn sigint_and_sigterm_finish_the_step_write_a_checkpoint_and_exit() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         let mut child = train(&run, &["train.steps=200", "checkpoint.every=0"], false).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        assert!(wait_until(&mut child, Duration::from_secs(60), || metrics(&run).len() >= 2), "{name}: the run did not start");
-        signal(&child, sig);
+        assert!(wait_until(&mut child, Duration::from_secs(60), || metrics_so_far(&run).len() >= 2), "{name}: the run did not start");
+        send_signal(child.id(), sig);
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(128 + sig), "{name}: {err}");
-        let done = metrics(&run).len() as u64;
+        let done = metrics_so_far(&run).len() as u64;
         assert!((2..200).contains(&done), "{name}: {done} steps");
         assert!(err.contains(&format!("stopped by {name} after step {done}")) && err.contains("--resume"), "{err}");
-        assert!(ckpt(&run, done).join("trainer_state.json").exists(), "{name}: no checkpoint at step {done}");
+        assert!(checkpoint_dir(&run, done).join("trainer_state.json").exists(), "{name}: no checkpoint at step {done}");
         assert!(tmp_dirs(&run).is_empty());
         // and the run continues from there
         let more = format!("train.steps={}", done + 2);
         let out = run_ok(train(&run, &[&more, "checkpoint.every=0"], true));
         assert!(stderr(&out).contains(&format!("at step {done}")), "{}", stderr(&out));
-        let steps: Vec<u64> = metrics(&run).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+        let steps: Vec<u64> = metrics_so_far(&run).iter().map(|m| m["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, (1..=done + 2).collect::<Vec<_>>());
     }
 }
@@ -181,7 +158,7 @@ fn full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     run_ok(train(&run, &["train.steps=2", "checkpoint.every=1"], false));
-    let before = std::fs::read(ckpt(&run, 2).join("model.safetensors")).unwrap();
+    let before = std::fs::read(checkpoint_dir(&run, 2).join("model.safetensors")).unwrap();
     // A file-size limit below the 0.8 MB model: writing model.safetensors fails with EFBIG,
     // as a full disk fails with ENOSPC. SIGXFSZ is ignored so the write returns the error.
     let mut c = train(&run, &["train.steps=4", "checkpoint.every=1"], true);
@@ -200,13 +177,13 @@ fn full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("checkpoint for step 3 not written") && err.contains("intact") && err.contains("File too large"), "{err}");
     assert!(err.contains("model.safetensors"), "the error must name the file: {err}");
-    assert_eq!(std::fs::read(ckpt(&run, 2).join("model.safetensors")).unwrap(), before, "the previous checkpoint changed");
+    assert_eq!(std::fs::read(checkpoint_dir(&run, 2).join("model.safetensors")).unwrap(), before, "the previous checkpoint changed");
     assert!(tmp_dirs(&run).is_empty(), "a failed write left its .tmp- directory");
-    assert!(!ckpt(&run, 3).exists());
+    assert!(!checkpoint_dir(&run, 3).exists());
     // with space again, the run resumes from step 2 and finishes
     let out = run_ok(train(&run, &["train.steps=4", "checkpoint.every=1"], true));
     assert!(stderr(&out).contains("at step 2"), "{}", stderr(&out));
-    assert!(ckpt(&run, 4).exists());
+    assert!(checkpoint_dir(&run, 4).exists());
 }
 
 #[test]
@@ -238,11 +215,11 @@ fn injected_nonfinite_gradient_is_skipped_and_logged() {
     c.env("RLP_INJECT_NONFINITE_STEPS", "2");
     let out = run_ok(c);
     assert!(stderr(&out).contains("step 2: non-finite loss or gradient, step skipped (1 in a row)"), "{}", stderr(&out));
-    let m = metrics(&run);
+    let m = metrics_so_far(&run);
     let skipped: Vec<bool> = m.iter().map(|v| v["skipped"].as_bool().unwrap()).collect();
     assert_eq!(skipped, [false, true, false, false]);
     assert!(m[1]["grad_norm"].is_null() && m[2]["grad_norm"].is_number());
-    let w = |s| full_state(&ckpt(&run, s));
+    let w = |s| full_state(&checkpoint_dir(&run, s));
     assert_eq!(w(2), w(1), "a skipped step changed the weights, moments or EMA");
     assert_ne!(w(3).0, w(2).0, "the step after the fault did not train");
 }
@@ -262,8 +239,8 @@ fn repeated_nonfinite_gradients_stop_the_run_with_the_batch_saved() {
     let batch: Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
     assert_eq!(batch["contexts"].as_array().unwrap().len(), 4, "{batch}");
     assert_eq!(batch["thoughts"].as_array().unwrap().len(), 4);
-    assert_eq!(metrics(&run).len(), 3, "steps 1-3 are logged, the stopping step is not");
-    assert!(ckpt(&run, 3).exists() && tmp_dirs(&run).is_empty());
+    assert_eq!(metrics_so_far(&run).len(), 3, "steps 1-3 are logged, the stopping step is not");
+    assert!(checkpoint_dir(&run, 3).exists() && tmp_dirs(&run).is_empty());
     // a malformed knob is refused before anything runs
     let mut c = train(&dir.path().join("other"), &[], false);
     c.env("RLP_INJECT_NONFINITE_STEPS", "two");
@@ -290,7 +267,7 @@ fn long_run_memory_does_not_grow() {
     let mut child = train(&run, &sets, false).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut rss = Vec::new();
     for at in [50, 590] {
-        assert!(wait_until(&mut child, Duration::from_secs(120), || metrics(&run).len() >= at), "the run stopped before step {at}");
+        assert!(wait_until(&mut child, Duration::from_secs(120), || metrics_so_far(&run).len() >= at), "the run stopped before step {at}");
         rss.push(vm_rss_kib(child.id()));
     }
     let out = child.wait_with_output().unwrap();
@@ -298,5 +275,5 @@ fn long_run_memory_does_not_grow() {
     let secs = t0.elapsed().as_secs_f64();
     eprintln!("RSS at step 50: {} KiB, at step 590: {} KiB; 600 steps in {secs:.1} s", rss[0], rss[1]);
     assert!(rss[1] <= rss[0] + RSS_TOLERANCE_KIB, "resident memory grew from {} KiB to {} KiB over 540 steps", rss[0], rss[1]);
-    assert_eq!(metrics(&run).len(), 600);
+    assert_eq!(metrics_so_far(&run).len(), 600);
 }

@@ -1,15 +1,16 @@
 //! Rollouts: thoughts respect the masks and the budget, behaviour log-probs and S_pred agree
 //! with the full differentiable forward, and sampling is reproducible.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
-use rlp::model::{self, target_logprobs, Model};
+use rlp::model::{target_logprobs, Model};
 use rlp::rollout::{no_think_scores, sample_thoughts, Prompt, RolloutParams};
 use rlp::sampling::{tempered_logprobs, SamplingParams};
 
 fn tiny() -> Model {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-llama");
-    model::weights::load(&dir).unwrap().model.detached().unwrap()
+    common::fixture_model("tiny-llama").detached().unwrap()
 }
 
 fn params(end_think_id: u32, budget: usize, temperature: f32) -> RolloutParams {

@@ -4,16 +4,16 @@
 //! forced `</think>`, plain and checkpointed backward. The trainer-level comparison is in
 //! tests/train.rs.
 
+mod common;
+
 use candle_core::{Tensor, Var};
-use rlp::model::{self, Model};
+use rlp::model::Model;
 use rlp::rollout::{RolloutParams, Thought};
 use rlp::sampling::SamplingParams;
 use rlp::train::policy::{checkpointed_policy_backward, thought_inputs, thought_logprobs, ThoughtRow};
-use std::path::PathBuf;
 
 fn fixture(name: &str) -> (Model, Vec<Var>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
-    let (m, vars) = model::weights::load(&dir).unwrap().model.into_vars().unwrap();
+    let (m, vars) = common::fixture_model(name).into_vars().unwrap();
     (m, vars.into_iter().map(|(_, v)| v).collect())
 }
 

@@ -3,43 +3,15 @@
 //! several documents per row, in f32 (the model's path) and f64; finite differences on a tiny
 //! case.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{rel_err, uniform};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlp::model::ssd::{chunked_scan, Segments};
+use rlp::model::layout::Segments;
+use rlp::model::ssd::chunked_scan;
 use rlp::model::ssd_fused::fused_scan;
-
-/// max |a − b| / max |b| over two tensors of one shape.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    let scale = b.iter().fold(0f64, |m, y| m.max(y.abs()));
-    assert!(scale > 0.0, "reference is all zeros");
-    diff / scale
-}
-
-fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 /// One batch of scan inputs (f64) laid out as the mixer produces them: x [B, T, H, P], dt [B, T, H]
 /// in (0.01, 0.6), a [H] in (−3, −0.3), B, C [B, T, G, N], init [B, H, P, N]; x, B and C are zero

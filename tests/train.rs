@@ -3,31 +3,12 @@
 
 mod common;
 
-use common::{config, config_path, metrics, tiny_config};
+use common::{checkpoint_weights, config, config_path, metrics, test_data, tiny_config, without_timings};
 use rlp::config::TrainConfig;
 use rlp::model;
 use rlp::train::trainer::Trainer;
 use serde_json::Value;
 use std::path::Path;
-
-/// Metrics without the wall-clock fields.
-fn deterministic(m: &[Value]) -> Vec<Value> {
-    m.iter()
-        .map(|v| {
-            let mut v = v.clone();
-            for k in ["step_s", "sample_s", "score_s", "train_s", "optimizer_s", "tokens_per_s_sample", "tokens_per_s_train"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
-        .collect()
-}
-
-fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
-    let dir = run.join(format!("checkpoints/step-{step:06}"));
-    let m = model::weights::load(&dir).unwrap().model;
-    m.named_tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
-}
 
 /// RLP on `tests/data/tiny-think`, a tiny model pretrained by rlp on arithmetic text with
 /// worked solutions in thoughts, on 4 fixed entropy-filtered contexts (`configs/tiny-think.toml`).
@@ -41,7 +22,7 @@ fn rlp_raises_the_reasoned_score_repeatably() {
             metrics(dir.path())
         })
         .collect();
-    assert_eq!(deterministic(&runs[0]), deterministic(&runs[1]), "same seed, different metrics");
+    assert_eq!(without_timings(&runs[0]), without_timings(&runs[1]), "same seed, different metrics");
     let m = &runs[0];
     assert_eq!(m.len(), 16);
     let mean = |r: &[Value], k: &str| r.iter().map(|v| v[k].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
@@ -156,8 +137,8 @@ fn resume_is_exact() {
     // a refused restart without --resume leaves the run untouched
     assert!(Trainer::new(tiny_config(&["checkpoint.every=3"]), split.path(), false).is_err());
     Trainer::new(tiny_config(&["checkpoint.every=3"]), split.path(), true).unwrap().run().unwrap();
-    assert_eq!(deterministic(&metrics(straight.path())), deterministic(&metrics(split.path())));
-    assert_eq!(weights(straight.path(), 6), weights(split.path(), 6));
+    assert_eq!(without_timings(&metrics(straight.path())), without_timings(&metrics(split.path())));
+    assert_eq!(checkpoint_weights(straight.path(), 6), checkpoint_weights(split.path(), 6));
     let samples = |p: &Path| std::fs::read_to_string(p.join("samples.jsonl")).unwrap();
     assert_eq!(samples(straight.path()), samples(split.path()));
 }
@@ -208,7 +189,7 @@ fn bad_input_is_refused_before_anything_is_written() {
     let plain = tmp.path().join("plain");
     std::fs::create_dir(&plain).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-rlp").join(f), plain.join(f)).unwrap();
+        std::fs::copy(test_data("tiny-rlp").join(f), plain.join(f)).unwrap();
     }
     let tok = rlp::tokenizer::train_byte_level_bpe(["a b c d e f g"].iter(), 300, &["<|endoftext|>"]).unwrap();
     tok.save(plain.join("tokenizer.json"), false).unwrap();

@@ -11,7 +11,7 @@
 //! `file:line` and what to write instead. Other keys (`id`, a message's `reasoning_content`, …) are
 //! ignored: write thoughts inline in the content as `<think>…</think>`.
 //!
-//! Choices the issue leaves open:
+//! Choices, and why:
 //! - **Loss.** On response tokens only: the `response` of a pair, every assistant turn of a chat.
 //!   The EOS the packer appends after each example is trained too (the model learns to stop).
 //! - **Tokenization.** Each span (prompt / response / text between turns) is encoded on its own

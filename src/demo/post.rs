@@ -9,7 +9,7 @@
 //!   `PromptLayout::Raw` (the question then `<think>`), the layout the demo's base was
 //!   pretrained on and the demo's evaluation uses.
 //!
-//! Choices the issue leaves open:
+//! Choices, and why:
 //! - Each set has its own ChaCha8 stream of the seed (`SFT_STREAM`, `RLVR_STREAM`, after the
 //!   corpus splits' 1–3), so neither shifts when the other or a corpus split changes size.
 //! - One tally per example, no surrounding prose; digits per tally as in the corpus (2 to

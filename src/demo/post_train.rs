@@ -1,7 +1,7 @@
 //! `rlp demo --post-train`: the paper's second claim in miniature. After the comparison, base,
 //! CPT, RLP and RPT each get the same SFT (worked-tally pairs) and then the same RLVR (tally
 //! questions graded by exact match), both from `demo::post`'s sets for the seed, none an
-//! evaluation tally; then the same evaluation as before. The report gets the shape of the
+//! evaluation tally; then the comparison's evaluation again. The report gets the shape of the
 //! paper's Table 2: each model before and after post-training.
 //!
 //! The two stages are `rlp post-train`'s (`crate::post_train`), with one pair of configs
@@ -114,7 +114,7 @@ pub fn post_train_all(bin: Option<&Path>, models: &[(String, PathBuf)], sft_cfg:
         if !status.success() {
             bail!("`rlp post-train --model {}` failed ({status}); its output is in {}", a.models[0], log_path.display());
         }
-        crate::train::checkpoint::list(&out.join(name).join("rlvr"))?.pop().map(|(_, p)| p).with_context(|| format!("{name}: the RLVR run wrote no checkpoint"))
+        crate::run_dir::checkpoints(&out.join(name).join("rlvr"))?.pop().map(|(_, p)| p).with_context(|| format!("{name}: the RLVR run wrote no checkpoint"))
     };
     let mut done = Vec::new();
     for pair in models.chunks(2) {

@@ -214,7 +214,7 @@ fn compare(a: &DemoArgs, plan: &Plan, seed: u64, base: &Path, dir: &Path, t0: &I
     let mut curves = serde_json::Map::new();
     for (name, run) in [("rlp", &rlp_run), ("cpt", &cpt_run)] {
         let mut points = vec![base_point.clone()];
-        for (step, ck) in crate::train::checkpoint::list(run)? {
+        for (step, ck) in crate::run_dir::checkpoints(run)? {
             points.push(json!({"step": step, "acc_best": evaluate_answers(&ck, curve_items, seed)?.acc_best()}));
         }
         curves.insert(name.into(), Value::Array(points));
@@ -393,7 +393,7 @@ fn rl_config(plan: &Plan, seed: u64, base: &Path, train: &Path, objective: &str)
 }
 
 pub(super) fn last_checkpoint(run: &Path) -> Result<PathBuf> {
-    crate::train::checkpoint::list(run)?.pop().map(|(_, p)| p).with_context(|| format!("{} has no checkpoint", run.display()))
+    crate::run_dir::checkpoints(run)?.pop().map(|(_, p)| p).with_context(|| format!("{} has no checkpoint", run.display()))
 }
 
 fn last_metric(run: &Path, key: &str) -> Result<f64> {

@@ -29,7 +29,13 @@ pub enum Dist {
     Single,
     /// One rank of an MPI job started by `mpirun` or `srun`.
     #[cfg(feature = "mpi")]
-    Mpi(mpi_world::MpiWorld),
+    Mpi {
+        /// The GPU communicator once `use_device` set it up. Declared first: dropped before
+        /// `world`, which finalizes MPI.
+        #[cfg(feature = "nccl")]
+        nccl: std::cell::OnceCell<nccl::NcclComm>,
+        world: mpi_world::MpiWorld,
+    },
 }
 
 /// How a reduction combines the ranks' values.
@@ -70,9 +76,9 @@ impl Dist {
     pub fn use_device(&self, device: &Device) -> Result<()> {
         match self {
             #[cfg(feature = "nccl")]
-            Dist::Mpi(m) if device.is_cuda() && m.nccl.get().is_none() => {
-                let comm = nccl::NcclComm::init(m, device, m.timeout())?;
-                let _ = m.nccl.set(comm);
+            Dist::Mpi { world, nccl: gpu } if device.is_cuda() && gpu.get().is_none() => {
+                let comm = nccl::NcclComm::init(world, device, world.timeout())?;
+                let _ = gpu.set(comm);
                 Ok(())
             }
             _ => Ok(()),
@@ -84,9 +90,9 @@ impl Dist {
         match self {
             Dist::Single => "none (one process)",
             #[cfg(feature = "nccl")]
-            Dist::Mpi(m) if m.nccl.get().is_some() => "NCCL, on the GPUs",
+            Dist::Mpi { nccl, .. } if nccl.get().is_some() => "NCCL, on the GPUs",
             #[cfg(feature = "mpi")]
-            Dist::Mpi(_) => "MPI, through host memory",
+            Dist::Mpi { .. } => "MPI, through host memory",
         }
     }
 
@@ -99,13 +105,13 @@ impl Dist {
                 Ok(t.clone())
             }
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => {
+            Dist::Mpi { world, #[cfg(feature = "nccl")] nccl, .. } => {
                 #[cfg(feature = "nccl")]
-                if let Some(n) = m.nccl.get().filter(|n| n.device().same_device(t.device())) {
-                    return n.all_reduce_sum(what, t, || m.abort(mpi_world::TIMEOUT_EXIT_CODE));
+                if let Some(n) = nccl.get().filter(|n| n.device().same_device(t.device())) {
+                    return n.all_reduce_sum(what, t, || world.abort(mpi_world::TIMEOUT_EXIT_CODE));
                 }
                 let mut buf = t.flatten_all()?.to_vec1::<f32>()?;
-                m.all_reduce_f32(what, &mut buf)?;
+                world.all_reduce_f32(what, &mut buf)?;
                 Ok(Tensor::from_vec(buf, t.dims(), t.device())?)
             }
         }
@@ -116,7 +122,7 @@ impl Dist {
         match self {
             Dist::Single => 0,
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => m.rank(),
+            Dist::Mpi { world, .. } => world.rank(),
         }
     }
 
@@ -125,7 +131,7 @@ impl Dist {
         match self {
             Dist::Single => 1,
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => m.world(),
+            Dist::Mpi { world, .. } => world.world(),
         }
     }
 
@@ -140,7 +146,7 @@ impl Dist {
         match self {
             Dist::Single => Ok(()),
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => m.all_reduce_f32(what, buf),
+            Dist::Mpi { world, .. } => world.all_reduce_f32(what, buf),
         }
     }
 
@@ -152,7 +158,10 @@ impl Dist {
                 Ok(())
             }
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => m.all_reduce_f64(what, buf, op),
+            Dist::Mpi { world, .. } => match op {
+                ReduceOp::Sum => world.all_reduce_sum_f64(what, buf),
+                ReduceOp::Max => world.all_reduce_max_f64(what, buf),
+            },
         }
     }
 
@@ -162,7 +171,7 @@ impl Dist {
         match self {
             Dist::Single => Ok(()),
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => m.broadcast_from_root(what, bytes),
+            Dist::Mpi { world, .. } => world.broadcast_from_root(what, bytes),
         }
     }
 
@@ -172,7 +181,7 @@ impl Dist {
         match self {
             Dist::Single => Ok(()),
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => m.barrier(what),
+            Dist::Mpi { world, .. } => world.barrier(what),
         }
     }
 
@@ -200,14 +209,14 @@ impl Dist {
         match self {
             Dist::Single => {}
             #[cfg(feature = "mpi")]
-            Dist::Mpi(m) => {
-                eprintln!("error on rank {} of {}: {error:#}", m.rank(), m.world());
-                if m.rank() != 0 {
+            Dist::Mpi { world, .. } => {
+                eprintln!("error on rank {} of {}: {error:#}", world.rank(), world.world());
+                if world.rank() != 0 {
                     // When every rank fails alike, let rank 0's message be the one printed.
                     std::thread::sleep(std::time::Duration::from_secs(2));
                 }
                 eprintln!("aborting all ranks of the job (MPI_Abort)");
-                m.abort(1)
+                world.abort(1)
             }
         }
         let _ = error;
@@ -242,7 +251,11 @@ fn mpi_dist(var: &str, n: usize, timeout: Duration) -> Result<Dist> {
     if m.world() != n {
         bail!("{var} = {n} but MPI reports {} ranks: was rlp started by a different MPI than the one it was built against?", m.world());
     }
-    Ok(Dist::Mpi(m))
+    Ok(Dist::Mpi {
+        #[cfg(feature = "nccl")]
+        nccl: Default::default(),
+        world: m,
+    })
 }
 
 #[cfg(not(feature = "mpi"))]

@@ -7,7 +7,6 @@
 //! forever. (A rank that *exits* is usually noticed by `mpirun` itself, which then kills the job
 //! before any timeout.)
 
-use super::ReduceOp;
 use anyhow::{bail, Result};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
@@ -23,9 +22,6 @@ pub const TIMEOUT_EXIT_CODE: i32 = 124;
 pub struct MpiWorld {
     world: SimpleCommunicator,
     timeout: Duration,
-    /// The GPU communicator once `Dist::use_device` set it up (dropped before MPI finalizes).
-    #[cfg(feature = "nccl")]
-    pub(super) nccl: std::cell::OnceCell<super::nccl::NcclComm>,
     // Dropped last: finalizes MPI.
     _universe: Universe,
 }
@@ -37,13 +33,7 @@ impl MpiWorld {
             bail!("MPI was already initialised in this process");
         };
         let world = universe.world();
-        Ok(MpiWorld {
-            world,
-            timeout,
-            #[cfg(feature = "nccl")]
-            nccl: Default::default(),
-            _universe: universe,
-        })
+        Ok(MpiWorld { world, timeout, _universe: universe })
     }
 
     pub fn rank(&self) -> usize {
@@ -70,12 +60,16 @@ impl MpiWorld {
         Ok(())
     }
 
-    pub fn all_reduce_f64(&self, what: &str, buf: &mut [f64], op: ReduceOp) -> Result<()> {
+    pub fn all_reduce_sum_f64(&self, what: &str, buf: &mut [f64]) -> Result<()> {
+        self.all_reduce_f64(what, buf, SystemOperation::sum(), "sum")
+    }
+
+    pub fn all_reduce_max_f64(&self, what: &str, buf: &mut [f64]) -> Result<()> {
+        self.all_reduce_f64(what, buf, SystemOperation::max(), "max")
+    }
+
+    fn all_reduce_f64(&self, what: &str, buf: &mut [f64], mpi_op: SystemOperation, name: &str) -> Result<()> {
         let send = buf.to_vec();
-        let (mpi_op, name) = match op {
-            ReduceOp::Sum => (SystemOperation::sum(), "sum"),
-            ReduceOp::Max => (SystemOperation::max(), "max"),
-        };
         mpi::request::scope(|scope| {
             let req = self.world.immediate_all_reduce_into(scope, &send[..], buf, mpi_op);
             self.wait(&format!("all-reduce ({name}) of {what}"), req);

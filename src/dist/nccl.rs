@@ -1,5 +1,6 @@
 //! Gradient all-reduce on GPUs with NCCL (cargo feature `nccl` = `cuda` + `mpi`), bootstrapped
-//! over MPI: the Horovod pattern. Built by scripts/build-cuda.sh; **not yet run on a GPU**.
+//! over MPI: the Horovod pattern. Built by scripts/build-cuda.sh; scripts/gpu-check.sh runs it as
+//! one MPI rank with NCCL forced (`RLP_FORCE_MPI=1`); no test here runs two GPUs.
 //!
 //! # Why this shape
 //! MPI stays the launcher and the control plane: `mpirun`/`srun` start one rank per GPU, MPI

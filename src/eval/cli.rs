@@ -132,7 +132,7 @@ impl EvalArgs {
         };
         let model = match (&self.model, &self.run) {
             (Some(m), _) => m.clone(),
-            (None, Some(run)) => crate::train::checkpoint::list(run)?
+            (None, Some(run)) => crate::run_dir::checkpoints(run)?
                 .pop()
                 .map(|(_, dir)| dir)
                 .with_context(|| format!("run {} has no complete checkpoint yet: pass --model", run.display()))?,

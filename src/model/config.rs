@@ -4,8 +4,14 @@
 //! `NemotronHForCausalLM`; the architecture decides the few places where they differ (q/k/v
 //! bias, q/k RMSNorm; for NemotronH the per-layer block kinds and the Mamba-2 sizes in
 //! [`Hybrid`]).
+//!
+//! Two steps: serde reads the keys rlp uses into `HfKeys` (each optional, typed, named as
+//! transformers writes them), then [`Config::from_json`] applies the defaults, resolves the
+//! alternative spellings (transformers 4 / 5, NVIDIA's remote-code NemotronH configs) and
+//! refuses what rlp cannot run, each error naming the key.
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
 
@@ -110,21 +116,19 @@ impl Hybrid {
 
     /// Parse `layers_block_type` (transformers 5) or `hybrid_override_pattern` (NVIDIA's
     /// remote-code configs), refusing MoE blocks by name.
-    fn blocks_of(raw: &Value) -> Result<Vec<BlockKind>> {
+    fn blocks_of(keys: &HfKeys) -> Result<Vec<BlockKind>> {
         let moe = |i: usize, name: &str| -> anyhow::Error {
             anyhow::anyhow!("layer {i} is a mixture-of-experts block (`{name}`): rlp does not support NemotronH MoE blocks yet; use a dense NemotronH checkpoint (Nemotron-H, Nemotron-Nano-v2)")
         };
-        let blocks = if let Some(list) = raw.get("layers_block_type").filter(|v| !v.is_null()) {
-            let list = list.as_array().context("`layers_block_type` must be a list of block names")?;
+        let blocks = if let Some(list) = &keys.layers_block_type {
             list.iter().enumerate().map(|(i, b)| match b.as_str() {
-                Some("linear_attention" | "mamba") => Ok(BlockKind::Mamba),
-                Some("full_attention" | "attention") => Ok(BlockKind::Attention),
-                Some("mlp") => Ok(BlockKind::Mlp),
-                Some(name @ "moe") => Err(moe(i, name)),
-                _ => bail!("layers_block_type[{i}] = {b} is not a NemotronH block (linear_attention, full_attention, mlp, moe)"),
+                "linear_attention" | "mamba" => Ok(BlockKind::Mamba),
+                "full_attention" | "attention" => Ok(BlockKind::Attention),
+                "mlp" => Ok(BlockKind::Mlp),
+                name @ "moe" => Err(moe(i, name)),
+                _ => bail!("layers_block_type[{i}] = {b:?} is not a NemotronH block (linear_attention, full_attention, mlp, moe)"),
             }).collect::<Result<Vec<_>>>()?
-        } else if let Some(p) = raw.get("hybrid_override_pattern").filter(|v| !v.is_null()) {
-            let p = p.as_str().context("`hybrid_override_pattern` must be a string such as \"M-M*-\"")?;
+        } else if let Some(p) = &keys.hybrid_override_pattern {
             p.chars().enumerate().map(|(i, c)| match c {
                 'M' => Ok(BlockKind::Mamba),
                 '*' => Ok(BlockKind::Attention),
@@ -135,8 +139,8 @@ impl Hybrid {
         } else {
             bail!("a NemotronH config needs `layers_block_type` (or `hybrid_override_pattern`) to say what each layer is")
         };
-        if let Some(n) = raw.get("num_hidden_layers").and_then(Value::as_u64) {
-            if n as usize != blocks.len() {
+        if let Some(n) = keys.num_hidden_layers {
+            if n != blocks.len() {
                 bail!("num_hidden_layers is {n} but the block list names {} layers", blocks.len());
             }
         }
@@ -144,6 +148,119 @@ impl Hybrid {
             bail!("the NemotronH block list is empty");
         }
         Ok(blocks)
+    }
+}
+
+/// The keys of a `config.json` that rlp reads, named as transformers writes them; an absent or
+/// `null` key is `None`. Which are required, their defaults and how alternative spellings
+/// combine is [`Config::from_json`]'s. Every other key (`time_step_limit` with its
+/// `{"__float__": "Infinity"}`, MoE sizes, `expand`, …) stays in [`Config::raw`], unread.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HfKeys {
+    /// `["LlamaForCausalLM"]`: the first names the architecture; else `model_type` does.
+    architectures: Option<Vec<String>>,
+    /// `llama`, `qwen2`, `qwen3`, `nemotron_h`.
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    /// transformers 4.x; transformers 5 writes it in `rope_parameters`.
+    rope_theta: Option<f64>,
+    /// transformers 5: RoPE base and scaling together.
+    rope_parameters: Option<RopeKeys>,
+    /// transformers 4.x RoPE scaling (read when `rope_parameters` is absent).
+    rope_scaling: Option<RopeKeys>,
+    /// Llama / Qwen3: q/k/v (and Llama's o) projections carry a bias.
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    max_position_embeddings: Option<usize>,
+    #[serde(deserialize_with = "token_ids")]
+    bos_token_id: Option<Vec<u32>>,
+    /// One id or a list of them (Llama 3: `[128001, 128008, 128009]`).
+    #[serde(deserialize_with = "token_ids")]
+    eos_token_id: Option<Vec<u32>>,
+    // NemotronH
+    /// transformers 5: one of `linear_attention` (or `mamba`), `full_attention` (or
+    /// `attention`), `mlp`, `moe` per layer.
+    layers_block_type: Option<Vec<String>>,
+    /// NVIDIA's remote-code configs: one of `M`, `*`, `-`, `E` per layer, e.g. `M-M*-`.
+    hybrid_override_pattern: Option<String>,
+    /// NVIDIA's name for `head_dim`.
+    attention_head_dim: Option<usize>,
+    /// NVIDIA's name for `rms_norm_eps`.
+    layer_norm_epsilon: Option<f64>,
+    num_nextn_predict_layers: Option<usize>,
+    mlp_hidden_act: Option<String>,
+    mamba_hidden_act: Option<String>,
+    use_bias: Option<bool>,
+    mamba_proj_bias: Option<bool>,
+    mamba_num_heads: Option<usize>,
+    mamba_head_dim: Option<usize>,
+    ssm_state_size: Option<usize>,
+    n_groups: Option<usize>,
+    conv_kernel: Option<usize>,
+    use_conv_bias: Option<bool>,
+    chunk_size: Option<usize>,
+    time_step_min: Option<f64>,
+}
+
+/// RoPE keys of `rope_parameters` (transformers 5) or `rope_scaling` (4.x).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RopeKeys {
+    rope_theta: Option<f64>,
+    /// `default` or `llama3` (rlp's two); older configs write `type`.
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+}
+
+/// `bos_token_id` / `eos_token_id`: one id or a list of ids.
+fn token_ids<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<u32>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    match Option::<Ids>::deserialize(d) {
+        Ok(ids) => Ok(ids.map(|ids| match ids {
+            Ids::One(id) => vec![id],
+            Ids::Many(ids) => ids,
+        })),
+        Err(_) => Err(serde::de::Error::custom("expected a token id or a list of token ids")),
+    }
+}
+
+impl HfKeys {
+    /// The keys of `raw`, a key of the wrong type named in the error. (serde_json's errors from
+    /// a `Value` carry no key: the first key whose value fails alone is the one reported.)
+    fn of(raw: &Value) -> Result<HfKeys> {
+        let Some(map) = raw.as_object() else { bail!("a model config must be a JSON object, got {raw}") };
+        HfKeys::deserialize(raw).or_else(|all| {
+            for (k, v) in map {
+                let alone = Value::Object([(k.clone(), v.clone())].into_iter().collect());
+                if let Err(e) = HfKeys::deserialize(&alone) {
+                    // serde names Rust types: say what to write instead
+                    let e = [("usize", "a non-negative integer"), ("f64", "a number"), ("a sequence", "a list"), ("struct RopeKeys", "an object (rope_type, rope_theta, factor, …)")]
+                        .iter()
+                        .fold(e.to_string(), |e, (rust, json)| e.replace(&format!("expected {rust}"), &format!("expected {json}")));
+                    bail!("key `{k}`: {e}");
+                }
+            }
+            Err(all.into())
+        })
     }
 }
 
@@ -175,33 +292,9 @@ pub struct Config {
     pub raw: Value,
 }
 
-fn get_usize(v: &Value, key: &str) -> Result<usize> {
-    let x = v.get(key).with_context(|| format!("missing key `{key}`"))?;
-    x.as_u64()
-        .map(|n| n as usize)
-        .with_context(|| format!("key `{key}` must be a non-negative integer, got {x}"))
-}
-
-fn get_f64_or(v: &Value, key: &str, default: f64) -> Result<f64> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().with_context(|| format!("key `{key}` must be a number, got {x}")),
-    }
-}
-
-fn get_bool_or(v: &Value, key: &str, default: bool) -> Result<bool> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_bool().with_context(|| format!("key `{key}` must be true or false, got {x}")),
-    }
-}
-
-fn token_ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
-        _ => Vec::new(),
-    }
+/// A key the config must have.
+fn required<T: Copy>(v: Option<T>, key: &str) -> Result<T> {
+    v.with_context(|| format!("missing key `{key}`"))
 }
 
 impl Config {
@@ -214,76 +307,66 @@ impl Config {
     }
 
     pub fn from_json(raw: Value) -> Result<Self> {
-        let arch = Self::arch_of(&raw)?;
+        let k = HfKeys::of(&raw)?;
+        let arch = Self::arch_of(&k)?;
         if arch == Arch::NemotronH {
-            return Self::nemotron_h_from_json(raw);
+            return Self::nemotron_h_from_keys(k, raw);
         }
-        let hidden_size = get_usize(&raw, "hidden_size")?;
-        let num_attention_heads = get_usize(&raw, "num_attention_heads")?;
-        let num_key_value_heads = match raw.get("num_key_value_heads") {
-            None | Some(Value::Null) => num_attention_heads,
-            Some(_) => get_usize(&raw, "num_key_value_heads")?,
-        };
-        let head_dim = match raw.get("head_dim") {
-            None | Some(Value::Null) => {
+        let hidden_size = required(k.hidden_size, "hidden_size")?;
+        let num_attention_heads = required(k.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = k.num_key_value_heads.unwrap_or(num_attention_heads);
+        let head_dim = match k.head_dim {
+            None => {
                 if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
                     bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; set `head_dim`")
                 }
                 hidden_size / num_attention_heads
             }
-            Some(_) => get_usize(&raw, "head_dim")?,
+            Some(hd) => hd,
         };
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             bail!("num_attention_heads {num_attention_heads} must be a multiple of num_key_value_heads {num_key_value_heads}")
         }
         // transformers 5 keeps rope settings in `rope_parameters`; 4.x in `rope_theta` + `rope_scaling`.
-        let rope_params = raw.get("rope_parameters").filter(|v| v.is_object());
-        let rope_theta = match rope_params {
-            Some(p) if p.get("rope_theta").is_some() => get_f64_or(p, "rope_theta", 10000.0)?,
-            _ => get_f64_or(&raw, "rope_theta", 10000.0)?,
-        };
-        let scaling = rope_params.or(raw.get("rope_scaling").filter(|v| v.is_object()));
-        let rope_scaling = match scaling {
+        let rope_theta = k.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(k.rope_theta).unwrap_or(10000.0);
+        let rope_scaling = match k.rope_parameters.as_ref().or(k.rope_scaling.as_ref()) {
             None => None,
-            Some(s) => {
-                let ty = s.get("rope_type").or(s.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
-                match ty {
-                    "default" => None,
-                    "llama3" => Some(Llama3RopeScaling {
-                        factor: get_f64_or(s, "factor", 8.0)?,
-                        low_freq_factor: get_f64_or(s, "low_freq_factor", 1.0)?,
-                        high_freq_factor: get_f64_or(s, "high_freq_factor", 4.0)?,
-                        original_max_position_embeddings: get_f64_or(s, "original_max_position_embeddings", 8192.0)?,
-                    }),
-                    other => bail!("unsupported rope type `{other}`: rlp supports the default RoPE and `llama3` scaling"),
-                }
-            }
+            Some(s) => match s.rope_type.as_deref().or(s.type_.as_deref()).unwrap_or("default") {
+                "default" => None,
+                "llama3" => Some(Llama3RopeScaling {
+                    factor: s.factor.unwrap_or(8.0),
+                    low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                    high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
+                    original_max_position_embeddings: s.original_max_position_embeddings.unwrap_or(8192.0),
+                }),
+                other => bail!("unsupported rope type `{other}`: rlp supports the default RoPE and `llama3` scaling"),
+            },
         };
-        let attention_bias = get_bool_or(&raw, "attention_bias", false)?;
+        if k.mlp_bias == Some(true) {
+            bail!("`mlp_bias: true` is not supported");
+        }
+        let attention_bias = k.attention_bias.unwrap_or(false);
         let cfg = Config {
             arch,
-            vocab_size: get_usize(&raw, "vocab_size")?,
+            vocab_size: required(k.vocab_size, "vocab_size")?,
             hidden_size,
-            intermediate_size: get_usize(&raw, "intermediate_size")?,
-            num_hidden_layers: get_usize(&raw, "num_hidden_layers")?,
+            intermediate_size: required(k.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: required(k.num_hidden_layers, "num_hidden_layers")?,
             hybrid: None,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: get_f64_or(&raw, "rms_norm_eps", 1e-6)?,
+            rms_norm_eps: k.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: get_bool_or(&raw, "tie_word_embeddings", false)?,
+            tie_word_embeddings: k.tie_word_embeddings.unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch == Arch::Llama && attention_bias,
-            max_position_embeddings: raw.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(4096) as usize,
-            bos_token_id: token_ids(raw.get("bos_token_id")).first().copied(),
-            eos_token_ids: token_ids(raw.get("eos_token_id")),
+            max_position_embeddings: k.max_position_embeddings.unwrap_or(4096),
+            bos_token_id: k.bos_token_id.unwrap_or_default().first().copied(),
+            eos_token_ids: k.eos_token_id.unwrap_or_default(),
             raw,
         };
-        if get_bool_or(&cfg.raw, "mlp_bias", false)? {
-            bail!("`mlp_bias: true` is not supported");
-        }
         for (k, v) in [("vocab_size", cfg.vocab_size), ("hidden_size", cfg.hidden_size), ("num_hidden_layers", cfg.num_hidden_layers), ("head_dim", cfg.head_dim)] {
             if v == 0 {
                 bail!("`{k}` must be positive");
@@ -293,61 +376,47 @@ impl Config {
     }
 
     /// NemotronH: the block list, GQA attention sizes (no RoPE), the MLP width and the Mamba-2
-    /// sizes. Keys transformers writes but the model never reads (`time_step_limit` with its
-    /// `{"__float__": "Infinity"}`, MoE sizes, `expand`, …) are kept in `raw` and not parsed.
-    fn nemotron_h_from_json(raw: Value) -> Result<Self> {
-        let blocks = Hybrid::blocks_of(&raw)?;
-        let usize_or = |key: &str, default: usize| -> Result<usize> {
-            match raw.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(_) => get_usize(&raw, key),
-            }
-        };
-        if usize_or("num_nextn_predict_layers", 0)? > 0 {
+    /// sizes (defaults: transformers' `NemotronHConfig`).
+    fn nemotron_h_from_keys(k: HfKeys, raw: Value) -> Result<Self> {
+        let blocks = Hybrid::blocks_of(&k)?;
+        if k.num_nextn_predict_layers.unwrap_or(0) > 0 {
             bail!("num_nextn_predict_layers > 0: rlp does not support NemotronH multi-token-prediction (MTP) layers; set it to 0 to load the model without them");
         }
-        for (key, want) in [("mlp_hidden_act", "relu2"), ("mamba_hidden_act", "silu")] {
-            if let Some(act) = raw.get(key).and_then(Value::as_str) {
-                if act != want {
-                    bail!("`{key}: {act}` is not supported: NemotronH uses {want}");
-                }
+        for (key, act, want) in [("mlp_hidden_act", &k.mlp_hidden_act, "relu2"), ("mamba_hidden_act", &k.mamba_hidden_act, "silu")] {
+            if let Some(act) = act.as_deref().filter(|&a| a != want) {
+                bail!("`{key}: {act}` is not supported: NemotronH uses {want}");
             }
         }
-        for key in ["use_bias", "mamba_proj_bias", "mlp_bias"] {
-            if get_bool_or(&raw, key, false)? {
+        for (key, on) in [("use_bias", k.use_bias), ("mamba_proj_bias", k.mamba_proj_bias), ("mlp_bias", k.mlp_bias)] {
+            if on == Some(true) {
                 bail!("`{key}: true` is not supported for NemotronH (no released checkpoint uses it)");
             }
         }
-        let hidden_size = get_usize(&raw, "hidden_size")?;
-        let num_attention_heads = get_usize(&raw, "num_attention_heads")?;
-        let num_key_value_heads = usize_or("num_key_value_heads", num_attention_heads)?;
-        let head_dim = match (raw.get("head_dim").filter(|v| !v.is_null()), raw.get("attention_head_dim").filter(|v| !v.is_null())) {
-            (Some(_), _) => get_usize(&raw, "head_dim")?,
-            (None, Some(_)) => get_usize(&raw, "attention_head_dim")?,
-            (None, None) if num_attention_heads > 0 && hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-            _ => bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; set `head_dim`"),
+        let hidden_size = required(k.hidden_size, "hidden_size")?;
+        let num_attention_heads = required(k.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = k.num_key_value_heads.unwrap_or(num_attention_heads);
+        let head_dim = match k.head_dim.or(k.attention_head_dim) {
+            Some(hd) => hd,
+            None if num_attention_heads > 0 && hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+            None => bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; set `head_dim`"),
         };
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             bail!("num_attention_heads {num_attention_heads} must be a multiple of num_key_value_heads {num_key_value_heads}")
         }
-        let eps = match raw.get("layer_norm_epsilon").filter(|v| !v.is_null()) {
-            Some(_) => get_f64_or(&raw, "layer_norm_epsilon", 1e-5)?,
-            None => get_f64_or(&raw, "rms_norm_eps", 1e-5)?,
-        };
         let hybrid = Hybrid {
-            mamba_heads: usize_or("mamba_num_heads", 128)?,
-            mamba_head_dim: usize_or("mamba_head_dim", 64)?,
-            ssm_state_size: usize_or("ssm_state_size", 128)?,
-            n_groups: usize_or("n_groups", 8)?,
-            conv_kernel: usize_or("conv_kernel", 4)?,
-            conv_bias: get_bool_or(&raw, "use_conv_bias", true)?,
-            chunk_size: usize_or("chunk_size", 128)?,
-            time_step_min: get_f64_or(&raw, "time_step_min", 0.001)?,
+            mamba_heads: k.mamba_num_heads.unwrap_or(128),
+            mamba_head_dim: k.mamba_head_dim.unwrap_or(64),
+            ssm_state_size: k.ssm_state_size.unwrap_or(128),
+            n_groups: k.n_groups.unwrap_or(8),
+            conv_kernel: k.conv_kernel.unwrap_or(4),
+            conv_bias: k.use_conv_bias.unwrap_or(true),
+            chunk_size: k.chunk_size.unwrap_or(128),
+            time_step_min: k.time_step_min.unwrap_or(0.001),
             blocks,
         };
-        for (k, v) in [("mamba_num_heads", hybrid.mamba_heads), ("mamba_head_dim", hybrid.mamba_head_dim), ("ssm_state_size", hybrid.ssm_state_size), ("n_groups", hybrid.n_groups), ("conv_kernel", hybrid.conv_kernel), ("chunk_size", hybrid.chunk_size)] {
+        for (key, v) in [("mamba_num_heads", hybrid.mamba_heads), ("mamba_head_dim", hybrid.mamba_head_dim), ("ssm_state_size", hybrid.ssm_state_size), ("n_groups", hybrid.n_groups), ("conv_kernel", hybrid.conv_kernel), ("chunk_size", hybrid.chunk_size)] {
             if v == 0 {
-                bail!("`{k}` must be positive");
+                bail!("`{key}` must be positive");
             }
         }
         if hybrid.mamba_heads % hybrid.n_groups != 0 {
@@ -355,22 +424,22 @@ impl Config {
         }
         let cfg = Config {
             arch: Arch::NemotronH,
-            vocab_size: get_usize(&raw, "vocab_size")?,
+            vocab_size: required(k.vocab_size, "vocab_size")?,
             hidden_size,
-            intermediate_size: usize_or("intermediate_size", 0)?,
+            intermediate_size: k.intermediate_size.unwrap_or(0),
             num_hidden_layers: hybrid.blocks.len(),
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: eps,
+            rms_norm_eps: k.layer_norm_epsilon.or(k.rms_norm_eps).unwrap_or(1e-5),
             rope_theta: 10000.0, // unused: NemotronH attention has no positional encoding
             rope_scaling: None,
-            tie_word_embeddings: get_bool_or(&raw, "tie_word_embeddings", false)?,
+            tie_word_embeddings: k.tie_word_embeddings.unwrap_or(false),
             qkv_bias: false,
             o_bias: false,
-            max_position_embeddings: raw.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(4096) as usize,
-            bos_token_id: token_ids(raw.get("bos_token_id")).first().copied(),
-            eos_token_ids: token_ids(raw.get("eos_token_id")),
+            max_position_embeddings: k.max_position_embeddings.unwrap_or(4096),
+            bos_token_id: k.bos_token_id.unwrap_or_default().first().copied(),
+            eos_token_ids: k.eos_token_id.unwrap_or_default(),
             hybrid: Some(hybrid),
             raw,
         };
@@ -378,18 +447,17 @@ impl Config {
         if h.blocks.contains(&BlockKind::Mlp) && cfg.intermediate_size == 0 {
             bail!("the config has MLP blocks but no positive `intermediate_size`");
         }
-        for (k, v) in [("vocab_size", cfg.vocab_size), ("hidden_size", cfg.hidden_size), ("head_dim", cfg.head_dim)] {
+        for (key, v) in [("vocab_size", cfg.vocab_size), ("hidden_size", cfg.hidden_size), ("head_dim", cfg.head_dim)] {
             if v == 0 {
-                bail!("`{k}` must be positive");
+                bail!("`{key}` must be positive");
             }
         }
         Ok(cfg)
     }
 
-    fn arch_of(raw: &Value) -> Result<Arch> {
-        let class = raw.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str());
-        let model_type = raw.get("model_type").and_then(|m| m.as_str());
-        match (class, model_type) {
+    fn arch_of(k: &HfKeys) -> Result<Arch> {
+        let class = k.architectures.as_ref().and_then(|a| a.first()).map(String::as_str);
+        match (class, k.model_type.as_deref()) {
             (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Ok(Arch::Llama),
             (Some("Qwen2ForCausalLM"), _) | (None, Some("qwen2")) => Ok(Arch::Qwen2),
             (Some("Qwen3ForCausalLM"), _) | (None, Some("qwen3")) => Ok(Arch::Qwen3),

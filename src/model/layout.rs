@@ -2,11 +2,18 @@
 //! past + T), each query's RoPE position and the additive mask of the keys it may see. Every
 //! forward builds its layout here: right-padded rows, packed documents, left-padded prompts
 //! into a cache, one decode step, and (in `train::policy`) thoughts branching off a shared prefix.
-
-use super::ssd::Segments;
+//! Also which document each token of a packed row belongs to (`Segments`), for the blocks that
+//! carry a state along the row instead of masking keys (NemotronH's conv and SSD scan).
 
 /// The additive mask value of a hidden key (−∞ would give NaN in a row with every key hidden).
 pub const MASKED: f32 = -1e30;
+
+/// Token-to-token segment structure for packed rows: `same[b][i][j]` — may token j's input reach
+/// token i's state (same document)? Only documents that are contiguous runs are supported.
+pub struct Segments {
+    /// [B][T] id of each token's document; runs of equal ids are documents.
+    pub ids: Vec<Vec<u32>>,
+}
 
 /// Where each query token sits and which keys it may see.
 pub struct AttnLayout {

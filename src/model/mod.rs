@@ -8,6 +8,7 @@ pub mod grad_store;
 pub mod gguf_write;
 pub mod init;
 pub mod kv_cache;
+pub mod layers;
 pub mod layout;
 pub mod nemotron_h;
 pub mod rope;

@@ -10,8 +10,9 @@
 
 use super::config::{BlockKind, Config, Hybrid};
 use super::kv_cache::KvCache;
-use super::ssd::{self, Segments};
-use super::transformer::{attend, linear, rms_norm, BlockInputs};
+use super::layers::{attend, linear, rms_norm, BlockInputs};
+use super::layout::Segments;
+use super::ssd;
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, D};
 

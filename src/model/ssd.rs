@@ -18,15 +18,9 @@
 //! Shapes: B rows, T tokens, H heads, P head dim, G groups, R = H/G heads per group, N state
 //! size, L chunk length, C chunks.
 
+use super::layout::Segments;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
-
-/// Token-to-token segment structure for packed rows: `same[b][i][j]` — may token j's input reach
-/// token i's state (same document)? Only documents that are contiguous runs are supported.
-pub struct Segments {
-    /// [B][T] id of each token's document; runs of equal ids are documents.
-    pub ids: Vec<Vec<u32>>,
-}
 
 /// exp(Σ_{j<k≤i} a_k) for i ≥ j, 0 above the diagonal: a [.., n] -> [.., n, n]. The sums are
 /// taken as masked cumulative sums (no difference of two long prefix sums, so no cancellation).

@@ -27,7 +27,7 @@ use anyhow::{ensure, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ssd::Segments;
+use super::layout::Segments;
 
 /// Tokens per stored state in the backward's forward pass: it keeps T/BLOCK + BLOCK + 1 states
 /// of P·N per task instead of T.

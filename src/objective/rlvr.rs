@@ -12,7 +12,7 @@
 //! Q·G), U generated-token slots per sample (padded), R rows, T row length, M trained tokens,
 //! D hidden size, V vocabulary.
 //!
-//! Choices the issue leaves open:
+//! Choices, and why:
 //! - **Prompt.** [`PromptLayout::Bench`] is `rlp eval`'s (`Question: …\nAnswer:` then
 //!   `<think>`); [`PromptLayout::Raw`] is the question text itself then `<think>` (the demo's
 //!   tallies, which its base model reads without a wrapper). No `<think>` with a thought budget 0.

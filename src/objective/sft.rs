@@ -2,7 +2,7 @@
 //!
 //! Legend: B windows, T positions per window, V vocabulary.
 //!
-//! Choices the issue leaves open:
+//! Choices, and why:
 //! - The mean is over trained tokens, not over examples (a long response weighs more), as in
 //!   TRL's `SFTTrainer` with packing and nanochat's SFT.
 //! - For micro-batches and ranks, [`masked_nll_sum`] divided by the global count of trained

@@ -109,7 +109,7 @@ pub fn count_rlvr_samples(acc: &mut Totals, shape: &ModelShape, prompts: &[&[u32
         let prompt = p.len() as u64;
         acc.input_tokens += prompt;
         for s in group {
-            let generated = crate::train::post::rlvr_generated(s, thinking) as u64;
+            let generated = rlvr_generated(s, thinking) as u64;
             acc.generated_tokens += generated;
             acc.flops_sample += flops::prefill_flops(shape, prompt) + flops::decode_flops(shape, prompt, generated);
             let fed = (prompt + generated).saturating_sub(1);
@@ -126,4 +126,9 @@ pub fn count_rlvr_training(acc: &mut Totals, shape: &ModelShape, lens: &[u64], w
         acc.flops_train += 3.0 * forward + if with_ref { forward } else { 0.0 };
         acc.trained_tokens += t;
     }
+}
+
+/// Tokens a sample generated: thought, `</think>` when thinking, answer.
+pub fn rlvr_generated(s: &Generation, thinking: bool) -> usize {
+    s.thought.len() + usize::from(thinking) + s.answer.len()
 }

@@ -13,6 +13,7 @@ use crate::data::packer::PackerState;
 use crate::data::sampler::{Context as TrainContext, SamplerState};
 use crate::model::{self, Model};
 use crate::objective::rlvr::QuestionOrderState;
+use crate::run_dir::{checkpoint_name, checkpoints, checkpoints_dir, STATE_JSON};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use candle_core::{DType, Device, Tensor};
@@ -20,7 +21,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub const STATE_JSON: &str = "trainer_state.json";
 pub const STATE_TENSORS: &str = "trainer_state.safetensors";
 
 /// `trainer_state.json`: where the run stands, beside the weights and `trainer_state.safetensors`.
@@ -50,14 +50,6 @@ pub struct TrainerState {
     pub rlvr_order: Option<QuestionOrderState>,
 }
 
-pub fn checkpoints_dir(run: &Path) -> PathBuf {
-    run.join("checkpoints")
-}
-
-fn step_name(step: u64) -> String {
-    format!("step-{step:06}")
-}
-
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot fsync {}", dir.display()))
 }
@@ -83,8 +75,8 @@ pub fn save(
 ) -> Result<PathBuf> {
     let root = checkpoints_dir(run);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let tmp = root.join(format!(".tmp-{}", step_name(step)));
-    let final_dir = root.join(step_name(step));
+    let tmp = root.join(format!(".tmp-{}", checkpoint_name(step)));
+    let final_dir = root.join(checkpoint_name(step));
     let _ = std::fs::remove_dir_all(&tmp);
     let written = (|| -> Result<()> {
         model::weights::save_dir(model, Some(tokenizer), &tmp, DType::F32)?;
@@ -107,43 +99,9 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Completed checkpoints, oldest first.
-pub fn list(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let root = checkpoints_dir(run);
-    if !root.exists() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(&root).with_context(|| format!("cannot read {}", root.display()))? {
-        let p = e?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) {
-            if p.join(STATE_JSON).exists() {
-                out.push((n, p));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Remove leftovers of interrupted writes.
-pub fn remove_partial(run: &Path) -> Result<()> {
-    let root = checkpoints_dir(run);
-    if root.exists() {
-        for e in std::fs::read_dir(&root)? {
-            let p = e?.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp-")) {
-                std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove partial checkpoint {}", p.display()))?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn prune(root: &Path, keep_last: usize) -> Result<()> {
     let run = root.parent().unwrap();
-    let all = list(run)?;
+    let all = checkpoints(run)?;
     if all.len() > keep_last {
         for (_, p) in &all[..all.len() - keep_last] {
             std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;

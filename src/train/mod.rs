@@ -3,8 +3,9 @@
 //! `contexts` draws contexts, `rollouts` samples and scores them, `grads` turns a batch into
 //! the policy gradient, `data_parallel` sums it over ranks, `optim` / `ema` / `schedule` update,
 //! `accounting` counts tokens and FLOPs, `log` writes metrics and samples, `checkpoint` saves
-//! and restores; `post` holds what the post-training objectives (sft, rlvr) load and the pieces
-//! of an RLVR batch. The objectives' rewards and losses live in `crate::objective`.
+//! and restores; `post_data` holds what the post-training objectives (sft, rlvr) load, `post`
+//! the pieces of an RLVR batch. The objectives' rewards and losses live in `crate::objective`;
+//! the checkpoints a run directory holds are listed by `crate::run_dir`.
 
 pub mod accounting;
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod log;
 pub mod optim;
 pub mod policy;
 pub mod post;
+pub mod post_data;
 pub mod progress;
 pub mod rollouts;
 pub mod schedule;

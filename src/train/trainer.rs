@@ -27,7 +27,7 @@ use super::data_parallel::{self as dp, Share};
 use super::ema::EmaTeacher;
 use super::grads::{self, GradAccumulator, PolicyGradient, PolicySettings};
 use super::log::{self, EvalMetrics, PolicyMetrics, RolloutMetrics, SftMetrics, StepMetrics, Timing, UpdateReport};
-use super::post::{self, PostData, RlvrBatch};
+use super::post_data::{self, PostData, RlvrBatch};
 use super::optim::{clip_grad_norm, grads_have_non_finite, AdamW, AdamWConfig};
 use super::rollouts::{sample_and_score, RolloutBatch};
 use super::schedule::{LrSchedule, ScheduleKind};
@@ -39,6 +39,7 @@ use crate::flops::{self, ModelShape};
 use crate::model::{self, AttnLayout, Model};
 use crate::objective::rlp::{group_advantages, group_reward_std, LossSettings};
 use crate::objective::{self, ntp, rlvr, sft, RewardInputs};
+use crate::run_dir;
 use crate::data::sft::sft_batch;
 use crate::rollout::{context_rng, RolloutParams};
 use crate::sampling::SamplingParams;
@@ -103,14 +104,14 @@ impl Trainer {
             Dtype::F32 => DType::F32,
             Dtype::Bf16 => DType::BF16,
         };
-        let existing = checkpoint::list(run)?;
+        let existing = run_dir::checkpoints(run)?;
         if !resume && (!existing.is_empty() || run.join("metrics.jsonl").exists()) {
             bail!("run directory {} already holds a run: pass --resume to continue it, or choose another --out", run.display());
         }
         let (policy, tok) = model::weights::load_for_thinking(&cfg.model.path, cfg.model.add_think_tokens, "rlp train")?;
         // sft and rlvr read examples or items; the others a corpus
         let (post, data) = if cfg.objective.name.is_post_training() {
-            let (post, data) = post::load_post_data(&cfg, &tok, policy.cfg.vocab_size)?;
+            let (post, data) = post_data::load_post_data(&cfg, &tok, policy.cfg.vocab_size)?;
             (Some(post), data)
         } else {
             let corpus = Corpus::open(&cfg.data.path, &cfg.data.text_field)?;
@@ -124,7 +125,7 @@ impl Trainer {
         let mut post = post;
         if let Some(PostData::Rlvr(d)) = &mut post {
             if cfg.objective.kl_coef > 0.0 {
-                d.reference = Some(post::frozen_copy(&policy.cfg, &vars, compute_dtype)?); // the model as loaded
+                d.reference = Some(post_data::frozen_copy(&policy.cfg, &vars, compute_dtype)?); // the model as loaded
             }
         }
         let o = &cfg.optim;
@@ -174,7 +175,7 @@ impl Trainer {
         };
         if t.dist.is_root() {
             std::fs::create_dir_all(run).with_context(|| format!("cannot create run directory {}", run.display()))?;
-            checkpoint::remove_partial(run)?;
+            run_dir::remove_partial_checkpoints(run)?;
         }
         if resume {
             match existing.last() {
@@ -220,7 +221,7 @@ impl Trainer {
                 break;
             }
         }
-        if self.dist.is_root() && checkpoint::list(&self.run)?.last().map(|(s, _)| *s) != Some(self.step) {
+        if self.dist.is_root() && run_dir::checkpoints(&self.run)?.last().map(|(s, _)| *s) != Some(self.step) {
             self.save_checkpoint()?;
         }
         Ok(())
@@ -428,7 +429,7 @@ impl Trainer {
                 self.step += 1;
                 let first = epoch == 0 && m == 0; // sampling is charged to the batch's first step
                 let (sample_s, score_s) = if first { (batch.sample_s, batch.score_s) } else { (0.0, 0.0) };
-                let generated = if first { batch.gens.iter().map(|s| post::rlvr_generated(s, self.rollout.budget > 0) as u64).sum() } else { 0 };
+                let generated = if first { batch.gens.iter().map(|s| accounting::rlvr_generated(s, self.rollout.budget > 0) as u64).sum() } else { 0 };
                 let timing = Timing { sample_s, score_s, train_s, optim_s, train_tokens: pg.forward_tokens };
                 let mut metrics = StepMetrics::new(self.step, &upd, pg.loss, &timing, generated, &self.totals);
                 let spec = self.rlvr_spec()?;

@@ -1,9 +1,37 @@
-//! The generic half of config loading: paths made absolute against the config file, `--set
-//! KEY=VALUE` overrides applied to the parsed TOML (with the valid keys listed when one is
-//! unknown), and deserialisation errors turned into messages that name the key, the file or
-//! the override at fault. The schema itself is `config.rs`.
+//! Loading a config file: paths made absolute against the config file, `--set KEY=VALUE`
+//! overrides applied to the parsed TOML (with the valid keys listed when one is unknown), then
+//! deserialisation, its errors turned into messages that name the key, the file or the override
+//! at fault. The schema itself is `config.rs`.
 
 use super::*;
+
+/// Keys holding paths, resolved as config.rs's module docs say.
+const PATH_KEYS: [(&str, &str); 2] = [("model", "path"), ("data", "path")];
+
+impl TrainConfig {
+    /// Reads `path`, applies `--set section.key=value` overrides in order, and deserialises.
+    /// Does not call [`validate`](Self::validate).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut root: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let config_dir = std::path::absolute(path)
+            .with_context(|| format!("cannot resolve the directory of {}", path.display()))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        resolve_paths(&mut root, &config_dir);
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        let mut overridden = Vec::new();
+        for raw in overrides {
+            let key = apply_override(&mut root, raw, &cwd)?;
+            overridden.push((key, raw.as_str()));
+        }
+        TrainConfig::deserialize(toml::Value::Table(root))
+            .map_err(|err| describe_deserialize_error(&err, path, &text, &overridden))
+    }
+}
 
 /// Makes the relative path keys of the file absolute against the config file's directory.
 pub(super) fn resolve_paths(root: &mut toml::Table, base: &Path) {
