@@ -21,6 +21,15 @@ use std::collections::HashMap;
 /// A Llama / Qwen2 / Qwen3 decoder layer (`model.layers.{i}`): attention, then a SwiGLU MLP,
 /// each pre-normed and added to the residual stream.
 pub struct Layer {
+    pub input_norm: Tensor, // [D] (`input_layernorm`)
+    pub self_attn: Attention,
+    pub post_attn_norm: Tensor, // [D] (`post_attention_layernorm`)
+    pub mlp: Mlp,
+}
+
+/// Grouped-query self-attention with RoPE (`self_attn.*`): biases on q/k/v (Qwen2) and o where
+/// the config says, RMSNorm of q and k per head (Qwen3).
+pub struct Attention {
     pub q_proj: Tensor, // [H*hd, D]
     pub k_proj: Tensor, // [KV*hd, D]
     pub v_proj: Tensor, // [KV*hd, D]
@@ -31,11 +40,13 @@ pub struct Layer {
     pub o_bias: Option<Tensor>,
     pub q_norm: Option<Tensor>, // [hd] (Qwen3)
     pub k_norm: Option<Tensor>, // [hd] (Qwen3)
-    pub gate_proj: Tensor,      // [F, D]
-    pub up_proj: Tensor,        // [F, D]
-    pub down_proj: Tensor,      // [D, F]
-    pub input_norm: Tensor,     // [D]
-    pub post_attn_norm: Tensor, // [D]
+}
+
+/// The SwiGLU MLP (`mlp.*`): down(silu(gate x) · up x).
+pub struct Mlp {
+    pub gate_proj: Tensor, // [F, D]
+    pub up_proj: Tensor,   // [F, D]
+    pub down_proj: Tensor, // [D, F]
 }
 
 /// One residual block: a Llama/Qwen decoder layer (attention + MLP) or a NemotronH block (one
@@ -80,15 +91,24 @@ impl Names {
 }
 
 impl Layer {
-    /// One pre-norm block. x [B, T, D] -> [B, T, D].
+    /// One pre-norm block: x + attn(norm x), then + mlp(norm ·). x [B, T, D] -> [B, T, D].
     fn forward(&self, cfg: &Config, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        let xn = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
+        let x = (x + self.self_attn.forward(cfg, &xn, cos_sin, mask, cache)?)?;
+        let xn = rms_norm(&x, &self.post_attn_norm, cfg.rms_norm_eps)?;
+        Ok((&x + self.mlp.forward(&xn)?)?)
+    }
+}
+
+impl Attention {
+    /// xn [B, T, D] (normed) -> [B, T, D], before the residual add.
+    fn forward(&self, cfg: &Config, xn: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+        let (b, t, _) = xn.dims3()?;
         let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps;
-        let xn = rms_norm(x, &self.input_norm, eps)?;
-        let q = linear(&xn, &self.q_proj, self.q_bias.as_ref())?.reshape((b, t, h, hd))?;
-        let k = linear(&xn, &self.k_proj, self.k_bias.as_ref())?.reshape((b, t, kv, hd))?;
-        let v = linear(&xn, &self.v_proj, self.v_bias.as_ref())?.reshape((b, t, kv, hd))?;
+        let q = linear(xn, &self.q_proj, self.q_bias.as_ref())?.reshape((b, t, h, hd))?;
+        let k = linear(xn, &self.k_proj, self.k_bias.as_ref())?.reshape((b, t, kv, hd))?;
+        let v = linear(xn, &self.v_proj, self.v_bias.as_ref())?.reshape((b, t, kv, hd))?;
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (rms_norm(&q, qn, eps)?, rms_norm(&k, kn, eps)?),
             _ => (q, k),
@@ -97,11 +117,16 @@ impl Layer {
         let k = fused::rope(&k.transpose(1, 2)?.contiguous()?, &cos_sin.0, &cos_sin.1)?; // [B, KV, T, hd]
         let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, hd]
         let ctx = attend(&q, &k, &v, mask, cache)?; // [B, T, H*hd]
-        let x = (x + linear(&ctx, &self.o_proj, self.o_bias.as_ref())?)?;
-        let xn = rms_norm(&x, &self.post_attn_norm, eps)?;
-        let gate = linear(&xn, &self.gate_proj, None)?;
-        let up = linear(&xn, &self.up_proj, None)?;
-        Ok((&x + linear(&fused::swiglu(&gate, &up)?, &self.down_proj, None)?)?)
+        linear(&ctx, &self.o_proj, self.o_bias.as_ref())
+    }
+}
+
+impl Mlp {
+    /// xn [B, T, D] (normed) -> [B, T, D], before the residual add.
+    fn forward(&self, xn: &Tensor) -> Result<Tensor> {
+        let gate = linear(xn, &self.gate_proj, None)?;
+        let up = linear(xn, &self.up_proj, None)?;
+        linear(&fused::swiglu(&gate, &up)?, &self.down_proj, None)
     }
 }
 
@@ -138,7 +163,7 @@ impl Model {
                 if on { take(&format!("{p}.self_attn.{name}.bias"), &[n]).map(Some) } else { Ok(None) }
             };
             let qwen3 = cfg.arch == super::Arch::Qwen3;
-            layers.push(Block::Decoder(Layer {
+            let self_attn = Attention {
                 q_proj: take(&format!("{p}.self_attn.q_proj.weight"), &[h * hd, d])?,
                 k_proj: take(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, d])?,
                 v_proj: take(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, d])?,
@@ -149,12 +174,15 @@ impl Model {
                 o_bias: bias(&mut take, "o_proj", d, cfg.o_bias)?,
                 q_norm: if qwen3 { Some(take(&format!("{p}.self_attn.q_norm.weight"), &[hd])?) } else { None },
                 k_norm: if qwen3 { Some(take(&format!("{p}.self_attn.k_norm.weight"), &[hd])?) } else { None },
+            };
+            let mlp = Mlp {
                 gate_proj: take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
                 up_proj: take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
                 down_proj: take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
-                input_norm: take(&format!("{p}.input_layernorm.weight"), &[d])?,
-                post_attn_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-            }));
+            };
+            let input_norm = take(&format!("{p}.input_layernorm.weight"), &[d])?;
+            let post_attn_norm = take(&format!("{p}.post_attention_layernorm.weight"), &[d])?;
+            layers.push(Block::Decoder(Layer { input_norm, self_attn, post_attn_norm, mlp }));
         }
         let norm = take(names.norm, &[d])?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -185,22 +213,23 @@ impl Model {
             };
             let p = format!("model.layers.{i}");
             let mut push = |n: &str, x: &Tensor| out.push((format!("{p}.{n}"), x.clone()));
-            push("self_attn.q_proj.weight", &l.q_proj);
-            push("self_attn.k_proj.weight", &l.k_proj);
-            push("self_attn.v_proj.weight", &l.v_proj);
-            push("self_attn.o_proj.weight", &l.o_proj);
-            for (n, b) in [("q_proj", &l.q_bias), ("k_proj", &l.k_bias), ("v_proj", &l.v_bias), ("o_proj", &l.o_bias)] {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            push("self_attn.q_proj.weight", &a.q_proj);
+            push("self_attn.k_proj.weight", &a.k_proj);
+            push("self_attn.v_proj.weight", &a.v_proj);
+            push("self_attn.o_proj.weight", &a.o_proj);
+            for (n, b) in [("q_proj", &a.q_bias), ("k_proj", &a.k_bias), ("v_proj", &a.v_bias), ("o_proj", &a.o_bias)] {
                 if let Some(b) = b {
                     push(&format!("self_attn.{n}.bias"), b);
                 }
             }
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
                 push("self_attn.q_norm.weight", qn);
                 push("self_attn.k_norm.weight", kn);
             }
-            push("mlp.gate_proj.weight", &l.gate_proj);
-            push("mlp.up_proj.weight", &l.up_proj);
-            push("mlp.down_proj.weight", &l.down_proj);
+            push("mlp.gate_proj.weight", &m.gate_proj);
+            push("mlp.up_proj.weight", &m.up_proj);
+            push("mlp.down_proj.weight", &m.down_proj);
             push("input_layernorm.weight", &l.input_norm);
             push("post_attention_layernorm.weight", &l.post_attn_norm);
         }
