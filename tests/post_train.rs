@@ -317,20 +317,7 @@ fn rlvr_logprobs_are_the_sampling_distribution_of_each_generated_token() {
     let mask = inp.mask.to_vec2::<f32>().unwrap();
     for (r, g) in gens.iter().enumerate() {
         // Naive: one forward per full sequence, then each trained token's tempered, banned log-prob.
-        let mut seq = prompt.clone();
-        let mut trained: Vec<(usize, Vec<u32>)> = Vec::new();
-        for (u, &t) in g.thought.iter().enumerate() {
-            trained.push((seq.len(), if u == 0 { bans.first_thought.clone() } else { bans.thought.clone() }));
-            seq.push(t);
-        }
-        if g.closed {
-            trained.push((seq.len(), bans.thought.clone()));
-        }
-        seq.push(tok.end_think_id);
-        for &t in &g.answer {
-            trained.push((seq.len(), bans.answer.clone()));
-            seq.push(t);
-        }
+        let (seq, trained) = naive_trained_tokens(&prompt, g, &bans, &tok);
         let logits = model.forward_logits(&[seq.clone()]).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(inp.lens[r], trained.len());
         for (u, (i, banned)) in trained.iter().enumerate() {
@@ -343,6 +330,27 @@ fn rlvr_logprobs_are_the_sampling_distribution_of_each_generated_token() {
     // The forced </think> of sample 3 is not trained: its thought (1 token at least) + answer only.
     assert_eq!(inp.lens[2], gens[2].thought.len() + gens[2].answer.len());
     assert_eq!(inp.lens[0], gens[0].thought.len() + 1 + gens[0].answer.len());
+}
+
+/// The naive reading of one sample: its full sequence (prompt, thought, `</think>`, answer) and
+/// each trained token's position in it with the tokens banned there (the first thought token's
+/// bans, the thought's, `</think>` when the model wrote it, the answer's).
+fn naive_trained_tokens(prompt: &[u32], g: &Generation, bans: &GenBans, tok: &Tok) -> (Vec<u32>, Vec<(usize, Vec<u32>)>) {
+    let mut seq = prompt.to_vec();
+    let mut trained: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (u, &t) in g.thought.iter().enumerate() {
+        trained.push((seq.len(), if u == 0 { bans.first_thought.clone() } else { bans.thought.clone() }));
+        seq.push(t);
+    }
+    if g.closed {
+        trained.push((seq.len(), bans.thought.clone()));
+    }
+    seq.push(tok.end_think_id);
+    for &t in &g.answer {
+        trained.push((seq.len(), bans.answer.clone()));
+        seq.push(t);
+    }
+    (seq, trained)
 }
 
 /// What the trainer scores in practice: real samples of the demo's base on tallies of 2 to 6
@@ -368,20 +376,7 @@ fn rlvr_logprobs_of_a_mixed_length_batch_of_demo_samples_match_one_forward_each(
     let lp = rlvr::sample_logprobs(&model, &inp, &bans).unwrap().to_vec2::<f32>().unwrap(); // [N, U]
     let mut checked = 0;
     for (r, g) in gens.iter().enumerate() {
-        let mut seq = prompts[r / 2].clone();
-        let mut trained: Vec<(usize, Vec<u32>)> = Vec::new();
-        for (u, &t) in g.thought.iter().enumerate() {
-            trained.push((seq.len(), if u == 0 { bans.first_thought.clone() } else { bans.thought.clone() }));
-            seq.push(t);
-        }
-        if g.closed {
-            trained.push((seq.len(), bans.thought.clone()));
-        }
-        seq.push(tok.end_think_id);
-        for &t in &g.answer {
-            trained.push((seq.len(), bans.answer.clone()));
-            seq.push(t);
-        }
+        let (seq, trained) = naive_trained_tokens(&prompts[r / 2], g, &bans, &tok);
         let logits = model.forward_logits(&[seq.clone()]).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(inp.lens[r], trained.len());
         for (u, (i, banned)) in trained.iter().enumerate() {

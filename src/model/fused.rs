@@ -442,8 +442,7 @@ fn softmax_in_place(row: &mut [f32]) {
     let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for x in row.iter_mut() {
-        let z = *x - mx;
-        *x = if z < EXP_UNDERFLOW { 0.0 } else { z.exp() };
+        *x = exp_or_zero(*x - mx);
         sum += *x;
     }
     row.iter_mut().for_each(|x| *x /= sum);
